@@ -1,0 +1,359 @@
+"""`RunConfig`: every knob of one run, validated at construction.
+
+The field names are the contract: they are the CLI flags (`--batch-size`), the keys of study files
+and the MLflow params. Fields left as ``None`` take the model's default (``MODEL_DEFAULTS``) when
+they apply, and must stay ``None`` when they do not apply (``bits`` on ``lab`` is an error, not a
+silently ignored value). The resolved values are what gets recorded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from bench.methods import METHODS, parse_layer_methods
+
+__all__ = [
+    "CHAR_DATASETS",
+    "IMAGE_DATASETS",
+    "MODELS",
+    "MODEL_DEFAULTS",
+    "ConfigError",
+    "RunConfig",
+    "parse_clip",
+    "parse_schedule",
+]
+
+
+class ConfigError(ValueError):
+    """A bad configuration value. `field` names the offending RunConfig field (or study key)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+IMAGE_MODELS = ("mlp", "cnn", "resnet20", "resnet18")
+SEQUENCE_MODELS = ("lstm", "transformer")
+MODELS = IMAGE_MODELS + SEQUENCE_MODELS
+IMAGE_DATASETS = ("fashion-mnist", "mnist", "cifar10", "svhn")
+CHAR_DATASETS = ("pysrc", "linux")  # plus "text:PATH"
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LOSSES = ("xent", "sq-hinge")
+GRANULARITIES = ("tensor", "channel", "gate")
+LEVELS = ("linear", "log")
+DEVICES = ("auto", "cpu", "cuda")
+SHAPE_FIELDS = ("hidden", "layers", "width", "seq_len")
+DTYPES = ("float32", "bfloat16", "float16")
+BACKENDS = ("auto", "torch", "triton")
+
+# Per-model defaults, following the paper's setups (algorithms.md section 5.1) where it has one.
+# Keys absent from a model's entry do not apply to that model and must be left unset.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    # 784FC-2048FC-2048FC-2048FC-10, batch 100, Adam lr 0.01 (MNIST setup)
+    "mlp": {"hidden": 2048, "layers": 3, "batch_size": 100, "lr": 0.01},
+    # (2xK C3)-MP2-(2x2K C3)-MP2-(2x4K C3)-MP2-(2x hidden FC)-10; K=128 on CIFAR-10, batch 50
+    "cnn": {"width": 128, "hidden": 1024, "batch_size": 50, "lr": 0.01},
+    # He et al.'s CIFAR ResNet-20 (3 stages x 3 basic blocks) and ResNet-18 with a 3x3 stem
+    "resnet20": {"width": 16, "batch_size": 128, "lr": 0.001},
+    "resnet18": {"width": 64, "batch_size": 128, "lr": 0.001},
+    # one LSTM layer x 512, TS 100, batch 100, Adam lr 0.002, gate-gradient clip 5 (section 1.8)
+    "lstm": {"hidden": 512, "layers": 1, "seq_len": 100, "batch_size": 100, "lr": 0.002,
+             "clip": "gate:5"},
+    # a small char-level decoder; hidden = d_model (heads of 64), global-norm clipping at 1
+    "transformer": {"hidden": 256, "layers": 4, "seq_len": 128, "batch_size": 64, "lr": 0.001,
+                    "clip": "norm:1"},
+}
+
+_SCHEDULE_RE = re.compile(
+    r"^(const|cosine|paper|step:\d+(,\d+)*:[0-9.eE+-]+|every:\d+:[0-9.eE+-]+"
+    r"|exp:[0-9.eE+-]+(:\d+)?)$"
+)
+# The paper's learning-rate schedules (algorithms.md section 5.1), by dataset.
+PAPER_SCHEDULES = {
+    "fashion-mnist": "step:15,25:0.1",
+    "mnist": "step:15,25:0.1",
+    "cifar10": "every:15:0.5",
+    "svhn": "step:15,25:0.1",
+}
+PAPER_CHAR_SCHEDULE = "exp:0.98:10"
+
+
+def parse_clip(clip: str) -> tuple[str, float]:
+    """Parse a clip spec: ``"none"`` -> ("none", 0.0); ``"gate:5"`` -> ("gate", 5.0); ``"norm:1"``.
+
+    Raises:
+        ConfigError: naming the field ``clip`` when the spec is malformed.
+    """
+    if clip == "none":
+        return "none", 0.0
+    kind, _, value = clip.partition(":")
+    try:
+        c = float(value)
+    except ValueError:
+        c = float("nan")
+    if kind not in ("gate", "norm") or not c > 0:
+        raise ConfigError("clip", f"expected 'none', 'gate:C' or 'norm:C' with C > 0, got {clip!r}")
+    return kind, c
+
+
+def parse_schedule(schedule: str) -> tuple[str, list[float]]:
+    """Parse a schedule spec into (kind, numbers); see `RunConfig.schedule`."""
+    if not _SCHEDULE_RE.match(schedule):
+        raise ConfigError(
+            "schedule",
+            "expected one of 'const', 'cosine', 'paper', 'step:E1,E2,...:GAMMA', "
+            f"'every:N:GAMMA', 'exp:GAMMA[:START]', got {schedule!r}",
+        )
+    kind, *rest = schedule.split(":")
+    if kind == "step":
+        return kind, [*map(float, rest[0].split(",")), float(rest[1])]
+    return kind, [float(x) for x in rest]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run. Unset (None) fields take the model's default where they apply.
+
+    Example:
+        >>> cfg = RunConfig(model="lstm", dataset="pysrc", method="lab")
+        >>> cfg.hidden, cfg.clip, cfg.granularity
+        (512, 'gate:5', 'gate')
+        >>> RunConfig(method="lab", bits=3)
+        Traceback (most recent call last):
+        ...
+        bench.config.ConfigError: bits: only applies to method 'laq' (got bits=3 with method 'lab')
+    """
+
+    # what to train
+    model: str = "mlp"
+    dataset: str = "fashion-mnist"  # an image set, a char corpus, or "text:PATH"
+    method: str = "lab"  # a key of bench.methods.METHODS
+    # quantization options (only where the method has them)
+    bits: int | None = None  # laq: bits per weight (2..8), default 3
+    levels: str | None = None  # laq: "linear" | "log", default "linear"
+    granularity: str | None = None  # scaled methods: "tensor" | "channel" | "gate" (LSTM only)
+    layer_methods: str | None = None  # mixed: "PATTERN=METHOD[:BITS[:LEVELS]];..." first match wins
+    ttq_threshold: float | None = None  # ttq: delta = t * max|w|, default 0.05
+    backend: str = "auto"  # proximal-step kernels: "auto" | "torch" | "triton"
+    # optimisation
+    optimizer: str = "adam"
+    lr: float | None = None
+    weight_decay: float = 0.0
+    schedule: str = "const"  # const | cosine | paper | step:E1,E2:G | every:N:G | exp:G[:START]
+    epochs: int = 3
+    steps: int | None = None  # cap on training steps (all epochs together), for quick runs
+    batch_size: int | None = None
+    clip: str | None = None  # "none" | "gate:C" (LSTM: clamp d loss/d gates per step) | "norm:C"
+    loss: str = "xent"  # "xent" | "sq-hinge" (classification only; the paper's L2-SVM output)
+    # model shape
+    seq_len: int | None = None
+    hidden: int | None = None
+    layers: int | None = None
+    width: int | None = None
+    # data
+    train_limit: int | None = None  # use only the first N training examples or characters
+    eval_limit: int | None = None  # use only the first N validation/test examples or characters
+    # execution
+    seed: int = 0
+    device: str = "auto"  # "auto" picks cuda when available
+    dtype: str | None = None  # autocast dtype: float32 (no autocast) | bfloat16 | float16
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+
+    _resolved: bool = field(default=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        self._check_choices()
+        self._check_ranges()
+        self._resolve_and_check_applicability()
+
+    # --- construction helpers -------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls) if not f.name.startswith("_")]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, where: str = "") -> RunConfig:
+        """Build from a mapping (study file, JSON, CLI); unknown keys are errors with a hint."""
+        names = cls.field_names()
+        for key in values:
+            if key not in names:
+                hint = difflib.get_close_matches(key, names, n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(f"{where}{key}", f"unknown field{extra}; valid fields: "
+                                  + ", ".join(names))
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.field_names()}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    def cell_id(self) -> str:
+        """12 hex digits identifying the run's settings without its seed (runs across seeds share it)."""
+        d = self.to_dict()
+        d.pop("seed")
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    @property
+    def task(self) -> str:
+        """``"classification"`` for image models, ``"lm"`` for char-level language models."""
+        return "lm" if self.model in SEQUENCE_MODELS else "classification"
+
+    # --- validation -----------------------------------------------------------------------
+    def _check_types(self) -> None:
+        for f in fields(self):
+            if f.name.startswith("_"):
+                continue
+            value = getattr(self, f.name)
+            kinds = f.type.replace(" ", "").split("|")
+            if value is None:
+                if "None" not in kinds:
+                    raise ConfigError(f.name, "must be set (got None)")
+                continue
+            if "int" in kinds and isinstance(value, int) and not isinstance(value, bool):
+                continue
+            if "float" in kinds and isinstance(value, int | float) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+                continue
+            if "str" in kinds and isinstance(value, str):
+                continue
+            want = " or ".join(k for k in kinds if k != "None")
+            raise ConfigError(f.name, f"expected {want}, got {value!r} ({type(value).__name__})")
+
+    def _check_choices(self) -> None:
+        def choose(name: str, options: tuple[str, ...] | list[str]) -> None:
+            value = getattr(self, name)
+            if value is not None and value not in options:
+                hint = difflib.get_close_matches(str(value), list(options), n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(name, f"unknown value {value!r}{extra}; valid: "
+                                  + ", ".join(options))
+
+        choose("model", MODELS)
+        choose("method", list(METHODS))
+        if not self.dataset.startswith("text:"):
+            choose("dataset", IMAGE_DATASETS + CHAR_DATASETS + ("text:PATH",))
+        elif len(self.dataset) <= len("text:"):
+            raise ConfigError("dataset", "expected text:PATH with a file path after 'text:'")
+        choose("optimizer", OPTIMIZERS)
+        choose("loss", LOSSES)
+        choose("granularity", GRANULARITIES)
+        choose("levels", LEVELS)
+        choose("device", DEVICES)
+        choose("dtype", DTYPES)
+        choose("backend", BACKENDS)
+        parse_schedule(self.schedule)
+        if self.clip is not None:
+            parse_clip(self.clip)
+
+    def _check_ranges(self) -> None:
+        def positive(name: str, allow_zero: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None:
+                return
+            ok = value >= 0 if allow_zero else value > 0
+            if not ok:
+                bound = ">= 0" if allow_zero else "> 0"
+                raise ConfigError(name, f"expected {bound}, got {value!r}")
+
+        for name in ("lr", "epochs", "steps", "batch_size", "hidden", "layers", "width",
+                     "train_limit", "eval_limit", "threads"):
+            positive(name)
+        for name in ("weight_decay", "seed"):
+            positive(name, allow_zero=True)
+        if self.seq_len is not None and self.seq_len < 2:
+            raise ConfigError("seq_len", f"expected >= 2, got {self.seq_len}")
+        if self.bits is not None and not 2 <= self.bits <= 8:
+            raise ConfigError("bits", f"expected 2 <= bits <= 8, got {self.bits}")
+        if self.ttq_threshold is not None and not 0 < self.ttq_threshold < 1:
+            raise ConfigError("ttq_threshold", f"expected 0 < t < 1, got {self.ttq_threshold}")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if value is not None and value != value:  # NaN
+                raise ConfigError(name, "expected a number, got NaN")
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def _resolve_and_check_applicability(self) -> None:
+        method = METHODS[self.method]
+        defaults = MODEL_DEFAULTS[self.model]
+
+        # model/data compatibility
+        is_char = self.dataset in CHAR_DATASETS or self.dataset.startswith("text:")
+        if self.task == "lm" and not is_char:
+            raise ConfigError("dataset", f"model {self.model!r} is a char-level language model; "
+                              f"use a char corpus ({', '.join(CHAR_DATASETS)}, text:PATH), "
+                              f"got {self.dataset!r}")
+        if self.task == "classification" and is_char:
+            raise ConfigError("dataset", f"model {self.model!r} classifies images; use one of "
+                              f"{', '.join(IMAGE_DATASETS)}, got {self.dataset!r}")
+        if self.task == "lm" and self.loss != "xent":
+            raise ConfigError("loss", f"{self.loss!r} applies to classification; language models "
+                              "use 'xent'")
+
+        # shape fields: default where the model has them, error where it does not
+        shape = [k for k in SHAPE_FIELDS if k in defaults]
+        for name in SHAPE_FIELDS:
+            if getattr(self, name) is None:
+                self._set(name, defaults.get(name))
+            elif name not in defaults:
+                raise ConfigError(name, f"does not apply to model {self.model!r} "
+                                  f"(its shape fields: {', '.join(shape)})")
+        for name in ("batch_size", "lr", "clip"):
+            if getattr(self, name) is None:
+                self._set(name, defaults.get(name, "none" if name == "clip" else None))
+        if self.batch_size is None:
+            self._set("batch_size", 100)
+        if parse_clip(self.clip)[0] == "gate" and self.model != "lstm":
+            raise ConfigError("clip", f"'gate:C' clips LSTM gate gradients; model is {self.model!r} "
+                              "(use 'norm:C' or 'none')")
+
+        # method-specific options
+        def only_for(name: str, allowed: tuple[str, ...], default: Any) -> None:
+            value = getattr(self, name)
+            if self.method in allowed:
+                if value is None:
+                    self._set(name, default)
+            elif value is not None:
+                raise ConfigError(name, f"only applies to method {' or '.join(map(repr, allowed))} "
+                                  f"(got {name}={value!r} with method {self.method!r})")
+
+        only_for("bits", ("laq",), 3)
+        only_for("levels", ("laq",), "linear")
+        only_for("ttq_threshold", ("ttq",), 0.05)
+        only_for("layer_methods", ("mixed",), "@first=laq:8;@last=laq:8;*=lab")
+        if self.layer_methods is not None:
+            try:
+                parse_layer_methods(self.layer_methods)
+            except ValueError as err:
+                raise ConfigError("layer_methods", str(err)) from None
+
+        has_scale = method.scaled or self.method == "mixed"
+        if has_scale:
+            if self.granularity is None:
+                self._set("granularity", "gate" if self.model == "lstm" else "tensor")
+            if self.granularity == "gate" and self.model != "lstm":
+                raise ConfigError("granularity", f"'gate' gives each LSTM gate matrix its own "
+                                  f"scale; model is {self.model!r} (use 'tensor' or 'channel')")
+        elif self.granularity is not None:
+            raise ConfigError("granularity", f"method {self.method!r} has no scale to make "
+                              "per-tensor or per-channel")
+
+        # compute dtype: amp is full-precision weights under 16-bit autocast
+        if self.dtype is None:
+            self._set("dtype", "bfloat16" if self.method == "amp" else "float32")
+        if self.method == "amp" and self.dtype == "float32":
+            raise ConfigError("dtype", "method 'amp' runs under autocast: use bfloat16 or float16")
+        if self.schedule == "paper":
+            self._set("schedule", PAPER_SCHEDULES.get(self.dataset, PAPER_CHAR_SCHEDULE))
+        object.__setattr__(self, "_resolved", True)
+

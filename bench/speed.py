@@ -1,0 +1,112 @@
+"""`labbench speed`: training-step time of several methods on one model, in one process.
+
+Every method trains the same model shape on the same synthetic batch (speed does not depend on the
+data's values); rounds interleave the methods so that drift in the machine's speed hits all of them
+alike. The step is the training step proper: forward, loss, backward, and the (quantized)
+optimizer step, without the per-epoch diagnostics.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from bench.config import RunConfig
+from bench.train import build_run, loss_fn, resolve_device, seed_everything
+
+__all__ = ["format_speed_table", "measure_speed"]
+
+IMAGE_SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+                "svhn": (3, 32, 32)}
+SYNTHETIC_VOCAB = 100  # about the paper's corpora (87 and 101 characters)
+
+
+def _batch(config: RunConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, tuple, int]:
+    g = torch.Generator().manual_seed(0)
+    if config.task == "lm":
+        x = torch.randint(SYNTHETIC_VOCAB, (config.batch_size, config.seq_len), generator=g)
+        y = torch.randint(SYNTHETIC_VOCAB, (config.batch_size, config.seq_len), generator=g)
+        return x.to(device), y.to(device), (), SYNTHETIC_VOCAB
+    shape = IMAGE_SHAPES[config.dataset]
+    x = torch.randn((config.batch_size, *shape), generator=g)
+    y = torch.randint(10, (config.batch_size,), generator=g)
+    return x.to(device), y.to(device), shape, 10
+
+
+def measure_speed(base: RunConfig, methods: list[str], *, steps: int = 20, warmup: int = 3,
+                  rounds: int = 4) -> list[dict[str, Any]]:
+    """Median step time per method (ms) and its ratio to ``fp``, measured in this process.
+
+    Args:
+        base: model, shape, batch and device settings; its method is ignored.
+        methods: methods to time; ``fp`` is added first if absent (the baseline).
+        steps: timed steps per method, split over `rounds` interleaved rounds.
+        warmup: untimed steps per method before timing.
+
+    Returns:
+        One dict per method: method, step_ms (median), ratio (to fp), steps, state_mb.
+    """
+    if "fp" not in methods:
+        methods = ["fp", *methods]
+    if base.threads:
+        torch.set_num_threads(base.threads)
+    device = resolve_device(base.device)
+    runs = {}
+    for m in methods:
+        seed_everything(base.seed)
+        values = base.to_dict()
+        for key in ("method", "bits", "levels", "granularity", "layer_methods", "ttq_threshold",
+                    "dtype"):
+            values.pop(key)
+        config = RunConfig.from_dict({**values, "method": m})
+        x, y, shape, classes = _batch(config, device)
+        runs[m] = (config, build_run(config, in_shape=shape, classes=classes), x, y)
+
+    def step(m: str) -> float:
+        config, built, x, y = runs[m]
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=getattr(torch, config.dtype),
+                            enabled=config.dtype != "float32"):
+            logits = built.model(x)
+        loss = loss_fn(config.loss, logits, y)
+        built.optimizer.zero_grad()
+        loss.backward()
+        built.optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    for m in methods:
+        for _ in range(warmup):
+            step(m)
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    per_round = max(1, steps // rounds)
+    for _ in range(rounds):
+        for m in methods:
+            times[m] += [step(m) for _ in range(per_round)]
+    fp = statistics.median(times["fp"])
+    rows = []
+    for m in methods:
+        built = runs[m][1]
+        med = statistics.median(times[m])
+        state = sum(p.numel() * p.element_size() for p in built.model.parameters()) \
+            + built.optimizer.state_nbytes()
+        rows.append({"method": m, "step_ms": 1000 * med, "ratio": med / fp,
+                     "steps": len(times[m]), "state_mb": state / 2**20})
+    return rows
+
+
+def format_speed_table(rows: list[dict[str, Any]], base: RunConfig) -> str:
+    shape = {"hidden": base.hidden, "layers": base.layers, "width": base.width,
+             "seq_len": base.seq_len, "batch_size": base.batch_size}
+    desc = ", ".join(f"{k}={v}" for k, v in shape.items() if v is not None)
+    lines = [f"labbench speed: {base.model} ({desc}), device {resolve_device(base.device)}, "
+             f"torch threads {torch.get_num_threads()}",
+             f"{'method':<12}{'step ms':>10}{'x fp':>8}{'steps':>7}{'state MiB':>11}"]
+    for r in rows:
+        lines.append(f"{r['method']:<12}{r['step_ms']:>10.2f}{r['ratio']:>8.3f}{r['steps']:>7}"
+                     f"{r['state_mb']:>11.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,399 @@
+"""One run: data, model, quantized optimizer, the training loop and its diagnostics.
+
+`run(config)` reads top to bottom: build everything from the `RunConfig`, train epoch by epoch,
+evaluate on validation (and on test whenever validation improves, so the test metric is the one
+at the best validation epoch, as the paper reports), hand every number to the recorder. A loss that
+becomes NaN or infinite ends the run early with ``diverged = 1``: BinaryConnect diverging is one of
+the things we measure, so it is a result, not a crash.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.config import ConfigError, RunConfig, parse_clip, parse_schedule
+from bench.data import CharData, ImageData, load_dataset
+from bench.layers import LSTM, init_weights, quantizable_weights
+from bench.methods import LayerSpec, resolve_layers
+from bench.models import build_model
+from bench.optim import QuantOptimizer, QuantTarget
+from bench.record import NullRecorder, Recorder, env_info, peak_rss_mb
+
+__all__ = ["DIAG_EVERY", "RunResult", "build_run", "run"]
+
+DIAG_EVERY = 10  # per-layer gradient norms and flip ratios are sampled every N steps (and step 1)
+GATES = "ifco"  # LSTM gate order
+
+
+@dataclass
+class RunResult:
+    """What a run produced: final metrics, per-epoch history, and where its data came from."""
+
+    config: RunConfig
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.metrics.get("diverged"))
+
+
+@dataclass
+class Built:
+    """Everything `run` trains, built from a config (also used by `labbench speed`)."""
+
+    model: nn.Module
+    optimizer: QuantOptimizer
+    weights: list  # bench.layers.Quantizable, forward order
+    specs: dict[str, LayerSpec]
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_base_optimizer(config: RunConfig, params: Any) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":  # eps 1e-8, betas (0.9, 0.999) as the reference code
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+
+
+def lr_factor(schedule: str, epochs: int) -> Any:
+    """Multiplier of the initial lr for an epoch index e (completed epochs) under `schedule`."""
+    kind, nums = parse_schedule(schedule)
+    if kind == "step":
+        milestones, gamma = nums[:-1], nums[-1]
+        return lambda e: gamma ** sum(e >= m for m in milestones)
+    if kind == "every":
+        return lambda e: nums[1] ** (e // int(nums[0]))
+    if kind == "exp":
+        start = nums[1] if len(nums) > 1 else 0
+        return lambda e: nums[0] ** max(0.0, e - start)
+    if kind == "cosine":
+        return lambda e: 0.5 * (1 + math.cos(math.pi * e / epochs))
+    return lambda e: 1.0
+
+
+def build_run(config: RunConfig, *, in_shape: tuple[int, ...], classes: int) -> Built:
+    """Model with the reference init, its quantized weights and the wrapped optimizer."""
+    device = resolve_device(config.device)
+    model = build_model(config, in_shape=in_shape, classes=classes)
+    weights = quantizable_weights(model)
+    specs = resolve_layers(config.method, [w.name for w in weights], bits=config.bits,
+                           levels=config.levels, layer_methods=config.layer_methods)
+    init_weights(model, {n for n, s in specs.items() if s.method.quantized})
+    model.to(device)
+    base = make_base_optimizer(config, model.parameters())
+    targets = [QuantTarget(w.name, w.param, specs[w.name],
+                           granularity=(config.granularity or "tensor") if specs[w.name].method.scaled
+                           else "tensor", gates=w.gates, recurrent=w.recurrent) for w in weights]
+    optimizer = QuantOptimizer(targets, base, backend=config.backend,
+                               ttq_threshold=config.ttq_threshold or 0.05)
+    return Built(model, optimizer, weights, specs, device)
+
+
+def loss_fn(kind: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy, or the paper's squared hinge on +-1 one-hot targets (section 1.6)."""
+    logits = logits.float().reshape(-1, logits.shape[-1])  # (N, classes)
+    target = target.reshape(-1)
+    if kind == "sq-hinge":
+        t = 2 * F.one_hot(target, logits.shape[-1]).float() - 1
+        return F.relu(1 - t * logits).square().mean()
+    return F.cross_entropy(logits, target)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageData | CharData, split: str, config: RunConfig,
+             device: torch.device, autocast: Any) -> dict[str, float]:
+    """Loss and accuracy/error (classification) or cross-entropy and bits/char (lm) on a split."""
+    model.eval()
+    total_loss = total_xent = correct = count = 0.0
+    for x, y in data.eval_batches(split, config.batch_size, config.seq_len or 0):
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            logits = model(x)
+        n = y.numel()
+        total_loss += loss_fn(config.loss, logits, y).item() * n
+        if data.task == "lm":
+            total_xent += loss_fn("xent", logits, y).item() * n
+        else:
+            correct += (logits.argmax(-1) == y).sum().item()
+        count += n
+    model.train()
+    if count == 0:
+        raise ConfigError("eval_limit", f"the {split} split is empty (eval_limit "
+                          f"{config.eval_limit}, seq_len {config.seq_len})")
+    loss = total_loss / count
+    if data.task == "lm":
+        xent = total_xent / count
+        return {"loss": loss, "xent": xent, "bpc": xent / math.log(2)}
+    return {"loss": loss, "acc": correct / count, "err": 100.0 * (1 - correct / count)}
+
+
+def _spectral(built: Built, alphas: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Largest singular value of each H x H gate block of the (quantized) recurrent matrices, and
+    Proposition 3.2's lower bound alpha * sqrt(H) for binary ones (a +-1 m x n matrix with m <= n
+    has spectral norm >= sqrt(n))."""
+    out = {}
+    for w in built.weights:
+        if not w.recurrent:
+            continue
+        blocks = w.param.detach().float().reshape(w.gates, -1, w.param.shape[1])  # (4, H, H)
+        norms = torch.linalg.matrix_norm(blocks, ord=2).tolist()
+        spec = built.specs[w.name]
+        binary = spec.method.weights in ("sign", "binary")
+        alpha = alphas.get(w.name, torch.ones(()))
+        for g, norm in enumerate(norms):
+            out[f"spectral/{w.name}.{GATES[g]}"] = norm
+            if binary:
+                if alpha.dim() == 0:
+                    a = alpha.item()
+                elif alpha.numel() == w.gates:  # per gate
+                    a = alpha[g].item()
+                else:  # per row: min over the block's rows bounds it from below
+                    a = alpha.reshape(w.gates, -1)[g].min().item()
+                out[f"spectral_bound/{w.name}.{GATES[g]}"] = a * math.sqrt(blocks.shape[-1])
+    return out
+
+
+def model_cost(built: Built, config: RunConfig) -> dict[str, float]:
+    """bits_per_weight over quantizable weights and the packed model size in bytes."""
+    quant_ids = {id(w.param) for w in built.weights}
+    bits_total = numel_total = packed = 0.0
+    for w in built.weights:
+        spec = built.specs[w.name]
+        bits = spec.bits_per_weight
+        n = w.param.numel()
+        bits_total += bits * n
+        numel_total += n
+        packed += math.ceil(n * bits / 8)
+        if spec.method.scaled:
+            groups = {"tensor": 1, "channel": w.param.shape[0], "gate": w.gates or 1}[
+                config.granularity or "tensor"]
+            packed += 4 * groups * (2 if spec.method.weights == "ttq" else 1)
+    float_bytes = 2 if config.method == "amp" else 4
+    for p in built.model.parameters():
+        if id(p) not in quant_ids:
+            packed += p.numel() * float_bytes
+    for name, b in built.model.named_buffers():
+        if not name.endswith("num_batches_tracked"):
+            packed += b.numel() * float_bytes
+    return {"bits_per_weight": bits_total / max(numel_total, 1), "packed_bytes": packed}
+
+
+def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool = False
+        ) -> RunResult:
+    """Train and evaluate one configuration.
+
+    Args:
+        config: the run.
+        recorder: where params, per-epoch metrics and artifacts go (default: nowhere).
+        progress: show a progress bar per epoch (the CLI turns it on).
+
+    Returns:
+        `RunResult` with the final metrics (see docs/mlflow-layout.md for the names).
+
+    Raises:
+        bench.data.DatasetNotFoundError: the dataset's files are missing.
+    """
+    recorder = recorder or NullRecorder()
+    t_start = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    data = load_dataset(config.dataset, train_limit=config.train_limit,
+                        eval_limit=config.eval_limit)
+    lm = data.task == "lm"
+    built = build_run(config, in_shape=() if lm else data.shape,
+                      classes=len(data.vocab) if lm else data.classes)
+    model, opt, device = built.model, built.optimizer, built.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    info = {"env": env_info(device), "data": data.info, "device": str(device),
+            "quantized": {n: s.method.name for n, s in built.specs.items()}}
+    recorder.set_tags({"labbench.task": data.task, "labbench.version": info["env"]["packages"]
+                       ["labbench"], "labbench.git_commit": info["env"]["git_commit"],
+                       "labbench.git_dirty": info["env"]["git_dirty"]})
+    recorder.log_params(config.to_dict())
+    recorder.log_dict(config.to_dict(), "config.json")
+    recorder.log_dict(info, "env.json")
+
+    clip_kind, clip_c = parse_clip(config.clip)
+    lstms = [m for m in model.modules() if isinstance(m, LSTM)]
+    for m in lstms:
+        m.gate_clip = clip_c if clip_kind == "gate" else None
+    factor = lr_factor(config.schedule, config.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt.base, factor)
+    dtype = getattr(torch, config.dtype)
+
+    def autocast() -> Any:
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    generator = torch.Generator().manual_seed(config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    names = [w.name for w in built.weights]
+
+    history: list[dict[str, float]] = []
+    step_times: list[float] = []
+    best: dict[str, float] | None = None
+    best_epoch, diverged, step = 0, False, 0
+    steps_per_epoch = data.train_steps_per_epoch(config.batch_size, config.seq_len or 0)
+    if steps_per_epoch == 0:
+        raise ConfigError("batch_size", f"{config.batch_size} batches of seq_len "
+                          f"{config.seq_len} exceed the training set ({data.info['splits'][0]} "
+                          "examples/characters)")
+    bar = _progress_bar(progress, config)
+    epoch = 0
+    for epoch in range(1, config.epochs + 1):
+        t_epoch = time.perf_counter()
+        sums = {"loss": 0.0, "n": 0, "clipped": 0.0, "clip_total": 0.0}
+        grad_sum = dict.fromkeys(names, 0.0)
+        grad_max = dict.fromkeys(names, 0.0)
+        flips = dict.fromkeys(names, 0.0)
+        n_diag = 0
+        task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=steps_per_epoch) if bar else None
+        for x, y in data.train_batches(config.batch_size, generator, config.seq_len or 0):
+            diag = step % DIAG_EVERY == 0
+            t0 = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            counts = torch.zeros(2, device=device) if diag and clip_kind == "gate" else None
+            for m in lstms:
+                m.clip_counts = counts
+            with autocast():
+                logits = model(x)
+            loss = loss_fn(config.loss, logits, y)
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                diverged = True
+                break
+            skip = False
+            if scaler.is_enabled():  # float16: unscale, and skip steps with inf/NaN gradients
+                scaler.unscale_(opt.base)
+                skip = not all(bool(torch.isfinite(p.grad).all()) for p in params
+                               if p.grad is not None)
+            if diag:  # gradient norms d loss / d w_hat before clipping, per quantized layer
+                norms = torch.stack([w.param.grad.float().norm() if w.param.grad is not None
+                                     else torch.zeros((), device=device)
+                                     for w in built.weights]).tolist() if names else []
+                for name, g in zip(names, norms, strict=True):
+                    grad_sum[name] += g
+                    grad_max[name] = max(grad_max[name], g)
+            if clip_kind == "norm":
+                total = torch.nn.utils.clip_grad_norm_(params, clip_c)
+                sums["clipped"] += float(total > clip_c)
+                sums["clip_total"] += 1
+            elif counts is not None:
+                sums["clipped"] += counts[0].item()
+                sums["clip_total"] += counts[1].item()
+            if not skip:
+                opt.step(track_flips=diag)
+            scaler.update()
+            if diag and not skip:
+                for name, f in opt.last_flips.items():
+                    flips[name] += f
+                n_diag += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_times.append(time.perf_counter() - t0)
+            sums["loss"] += loss_value
+            sums["n"] += 1
+            step += 1
+            if bar:
+                bar.update(task, advance=1, description=f"epoch {epoch}/{config.epochs} "
+                           f"loss {loss_value:.3f}")
+            if config.steps and step >= config.steps:
+                break
+        if bar:
+            bar.remove_task(task)
+        if diverged:
+            break
+
+        val = evaluate(model, data, "val", config, device, autocast)
+        if not math.isfinite(val["loss"]):
+            diverged = True
+            break
+        key = "xent" if lm else "acc"
+        better = best is None or (val[key] < best["val"][key] if lm else
+                                  (val["acc"], -val["loss"]) > (best["val"]["acc"],
+                                                                -best["val"]["loss"]))
+        if better:
+            best = {"val": val, "test": evaluate(model, data, "test", config, device, autocast)}
+            best_epoch = epoch
+        alphas_t = {t.name: t.state["alpha"] for t in opt.targets}
+        row = {"train_loss": sums["loss"] / max(sums["n"], 1), "lr": opt.param_groups[0]["lr"],
+               "epoch_s": time.perf_counter() - t_epoch,
+               **{f"val_{k}": v for k, v in val.items()},
+               **{f"alpha/{k}": v for k, v in opt.alphas().items()},
+               **_spectral(built, alphas_t)}
+        if n_diag:
+            row.update({f"grad_norm/{k}": v / n_diag for k, v in grad_sum.items()})
+            row.update({f"grad_norm_max/{k}": v for k, v in grad_max.items()})
+            row.update({f"flip_ratio/{k}": flips[k] / n_diag for k in opt.last_flips})
+        if clip_kind != "none":
+            row["clip_frac"] = sums["clipped"] / max(sums["clip_total"], 1)
+        history.append(row)
+        recorder.log_metrics(row, step=epoch)
+        scheduler.step()
+        if config.steps and step >= config.steps:
+            break
+    if bar:
+        bar.stop()
+
+    metrics: dict[str, float] = {}
+    for split in ("val", "test"):
+        for k in ("loss", "xent", "bpc") if lm else ("loss", "acc", "err"):
+            prefix = "best_val" if split == "val" else "test"
+            metrics[f"{prefix}_{k}"] = best[split][k] if best else float("nan")
+    metrics.update({
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "diverged": float(diverged),
+        "wall_s": time.perf_counter() - t_start,
+        "step_ms": 1000 * statistics.median(step_times[1:] or step_times or [float("nan")]),
+        "peak_mem_mb": (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                        else peak_rss_mb()),
+        "state_mem_mb": (sum(p.numel() * p.element_size() for p in model.parameters())
+                         + opt.state_nbytes()) / 2**20,
+        **model_cost(built, config),
+    })
+    recorder.log_metrics(metrics, step=len(history))
+    return RunResult(config, metrics, history, info)
+
+
+def _progress_bar(enabled: bool, config: RunConfig) -> Any:
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), transient=True)
+    bar.start()
+    return bar
