@@ -1,1 +1,37 @@
-"""placeholder"""
+"""The math of quantization: proximal operators on tensors, a PyTorch reference and a fast path.
+
+Pure functions, no state. Each op minimizes ``sum d*(w_hat - w)^2`` over its quantized set, with
+``d`` the diagonal curvature (LAB: ``sqrt(v) + 1e-8``; None means all ones), per tensor
+(``granularity="tensor"``) or per slice along dim 0 (``"channel"``). sign(0) = +1 everywhere.
+
+============================  ===================================================================
+``prox_binary``               ``alpha * sign(w)``, LAB's closed form (BWN with ``d=None``)
+``prox_ternary``              ``alpha * I_delta(w)``: exact (LAT), alternating (LAT-approx), TWN
+``prox_mbit``                 ``alpha * b`` on a linear or log m-bit grid (LAQ)
+``pack_bits``/``unpack_bits`` 8 signs per byte and back; ``packed_nbytes`` sizes the storage
+============================  ===================================================================
+
+Every op takes ``backend="auto" | "torch" | "triton"``: ``"torch"`` is the reference (the ground
+truth), ``"triton"`` the fast path, ``"auto"`` Triton for CUDA tensors when the op has a Triton
+kernel and triton is installed, torch otherwise.
+"""
+
+from ._backend import BACKENDS
+from ._common import GRANULARITIES
+from .binary import prox_binary
+from .mbit import LEVELS, prox_mbit
+from .packing import pack_bits, packed_nbytes, unpack_bits
+from .ternary import SOLVERS, prox_ternary
+
+__all__ = [
+    "BACKENDS",
+    "GRANULARITIES",
+    "LEVELS",
+    "SOLVERS",
+    "pack_bits",
+    "packed_nbytes",
+    "prox_binary",
+    "prox_mbit",
+    "prox_ternary",
+    "unpack_bits",
+]

@@ -1,0 +1,175 @@
+"""m-bit proximal step: loss-aware quantization (LAQ, Hou & Kwok, ICLR 2018, algorithms.md 3.4).
+
+``w_hat = alpha * b`` with ``b`` on a symmetric grid of ``2k + 1`` levels, ``k = 2^(bits-1) - 1``:
+
+- ``"linear"``: {0, ±1/k, ±2/k, ..., ±1};
+- ``"log"``: {0, ±2^-(k-1), ..., ±1/4, ±1/2, ±1}.
+
+Given alpha > 0, the best b maps each u = w/alpha to its nearest level (the objective separates
+per element and d_i > 0 only scales element i's term). Given b, the best alpha is weighted least
+squares. `prox_mbit` alternates the two, as the reference code does, generalised from its
+hard-coded bits = 3 to any bits in [2, 8].
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._backend import check_backend, select_impl
+from ._common import (
+    GRANULARITIES,
+    TINY,
+    alternate,
+    check_choice,
+    check_iteration,
+    check_like,
+    check_weight,
+    curvature,
+    empty_scales,
+    groups,
+    scale_shape,
+)
+
+__all__ = ["prox_mbit"]
+
+LEVELS = ("linear", "log")
+BITS_RANGE = (2, 8)
+
+
+# %% PyTorch reference
+
+def _quantize(u: torch.Tensor, k: int, levels: str) -> torch.Tensor:
+    """The nearest level to each ``u`` (already scaled by 1/alpha); ties go to the larger magnitude.
+
+    Args:
+        u: ``(G, n)`` float32.
+        k: number of positive levels, ``2^(bits-1) - 1``.
+        levels: ``"linear"`` or ``"log"``.
+
+    Returns:
+        ``(G, n)`` float32 levels.
+    """
+    u = u.clamp(-1.0, 1.0)
+    mag = u.abs()
+    if levels == "linear":
+        # Round half away from zero as floor(|u|*k + 0.5), not torch.round (half to even), so a
+        # Triton kernel can do the same float32 operations and match bit for bit.
+        return torch.sign(u) * torch.floor(mag * k + 0.5) / k
+    # Log levels 2^-j, j = k-1 .. 0, and 0. The boundary between l and 2l is their arithmetic
+    # midpoint 1.5*l; between 0 and the smallest level 2^-(k-1) it is 2^-k. Python builds these
+    # powers of two exactly, and float32 holds them exactly (2^-127 for bits = 8 as a subnormal).
+    # right=True sends a value equal to a boundary to the larger level.
+    # level (k+1,): 0, 2^-(k-1), ..., 1/2, 1; bounds (k,): 2^-k, 1.5*2^-(k-1), ..., 0.75
+    level = torch.tensor([0.0] + [2.0**-j for j in range(k - 1, -1, -1)],
+                         dtype=torch.float32, device=u.device)
+    bounds = torch.tensor([2.0**-k] + [1.5 * 2.0**-j for j in range(k - 1, 0, -1)],
+                          dtype=torch.float32, device=u.device)
+    return torch.sign(u) * level[torch.bucketize(mag, bounds, right=True)]
+
+
+def _initial_levels(w32: torch.Tensor, init32: torch.Tensor | None, k: int,
+                    levels: str) -> torch.Tensor:
+    """b0: ``q(init / max|init|)`` per group with ``init``, else sign(w) with sign(0) = +1."""
+    if init32 is None:
+        return torch.where(w32 >= 0, 1.0, -1.0)
+    peak = init32.abs().amax(dim=1, keepdim=True)  # (G, 1)
+    return _quantize(init32 / peak.clamp_min(TINY), k, levels)
+
+
+def _prox_mbit_torch(w: torch.Tensor, d: torch.Tensor | None, bits: int, levels: str,
+                     granularity: str, init: torch.Tensor | None, max_iter: int,
+                     tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference implementation of `prox_mbit` for validated, non-empty arguments."""
+    w32 = groups(w, granularity)  # (G, n) float32
+    d32 = curvature(d, w32, granularity)  # (G, n) float32
+    k = 2 ** (bits - 1) - 1
+    peak = w32.abs().amax(dim=1)  # (G,)
+
+    def scale_of(b: torch.Tensor) -> torch.Tensor:
+        # Weighted least squares sum(d b w) / sum(d b^2). A start whose signs disagree with w, or
+        # an all-zero b, gives alpha <= 0 or 0/0: take max|w| (absmax scaling) instead. After one
+        # iteration b has the signs of w and a nonzero largest element, so this never recurs.
+        db = d32 * b
+        num, den = (db * w32).sum(dim=1), (db * b).sum(dim=1)
+        alpha = num / den.clamp_min(TINY)
+        return torch.where((den > 0) & (alpha > 0), alpha, peak)
+
+    def levels_of(alpha: torch.Tensor) -> torch.Tensor:
+        # alpha is 0 only for an all-zero row, where 0 / TINY = 0 maps to level 0.
+        return _quantize(w32 / alpha.clamp_min(TINY)[:, None], k, levels)
+
+    init32 = None if init is None else groups(init, granularity)
+    b0 = _initial_levels(w32, init32, k, levels)
+    alpha, b = alternate(b0, scale_of, levels_of, max_iter, tol)
+    w_hat = (alpha[:, None] * b).to(w.dtype).reshape(w.shape)
+    return w_hat, scale_shape(alpha, granularity)
+
+
+# %% Public op
+
+def prox_mbit(w: torch.Tensor, d: torch.Tensor | None = None, *, bits: int,
+              levels: str = "linear", granularity: str = "tensor",
+              init: torch.Tensor | None = None, max_iter: int = 10, tol: float = 1e-6,
+              backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize ``w`` to ``alpha * b`` on an m-bit grid, alternating over alpha and b (LAQ).
+
+    Start from b0 = q(init / max|init|) with ``init`` (the previous ``w_hat``), else b0 = sign(w)
+    with sign(0) = +1. Then repeat ``alpha = sum(d*b*w) / sum(d*b^2)`` and
+    ``b = q(clip(w/alpha, -1, 1))``, where q is the nearest level (ties to the larger magnitude;
+    linear levels use floor(|u|*k + 0.5)), until alpha moves by less than ``tol`` (per group) or
+    after ``max_iter`` iterations. Each half-step minimizes the objective over its variable, so the
+    objective never increases from one iteration to the next.
+
+    Deviation from the reference code: its scale is ``sum(d|b||w|) / sum(d|b|)``, which is the
+    least-squares optimum only for b in {-1, 0, 1}; once |b| < 1 it is not. We use the weighted
+    least-squares scale. For bits = 2 the two agree, and ``levels="linear"`` is ternary: it
+    matches ``prox_ternary(solver="approx")`` from the same b0, except at exact ties |w| = alpha/2,
+    which q sends to ±1 and I_{alpha/2} to 0 (both optimal).
+
+    If alpha would be <= 0 or undefined (``init`` with signs against ``w``, or an all-zero b0),
+    that iteration uses alpha = max|w| of the group. An all-zero group gets alpha = 0, w_hat = 0.
+
+    Args:
+        w: ``(*shape)`` float32, float16 or bfloat16 weights, ``ndim >= 1``. Not modified.
+        d: ``(*shape)`` positive curvature (entries must be > 0, not checked) or None for ones.
+        bits: bits per weight, an int in [2, 8]: ``k = 2^(bits-1) - 1`` positive levels.
+        levels: ``"linear"`` ({0, ±1/k, ..., ±1}) or ``"log"`` ({0, ±2^-(k-1), ..., ±1/2, ±1}).
+        granularity: ``"tensor"`` (one alpha) or ``"channel"`` (one alpha per slice ``w[i]``).
+        init: ``(*shape)`` warm start, or None.
+        max_iter: most alternation iterations (>= 1).
+        tol: a group stops when ``|alpha_t - alpha_{t-1}| < tol``.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+
+    Returns:
+        ``(w_hat, alpha)``: ``w_hat`` of ``w``'s shape and dtype; ``alpha`` float32 of shape ()
+        or ``(w.shape[0],)``. An empty ``w`` gives an empty ``w_hat`` and zero scales.
+
+    Raises:
+        TypeError: ``w``, ``d`` or ``init`` is not a tensor of a supported float dtype; ``bits``
+            is not an int.
+        ValueError: ``bits`` outside [2, 8]; 0-dimensional ``w``; ``d`` or ``init`` of another
+            shape or device; unknown ``levels``, ``granularity`` or ``backend``; ``max_iter < 1``
+            or ``tol < 0``.
+        NotImplementedError: ``backend="triton"`` (not written yet).
+
+    Example:
+        >>> w = torch.tensor([0.9, -0.3, 0.05, 0.6])
+        >>> w_hat, alpha = prox_mbit(w, bits=3)  # levels {0, ±1/3, ±2/3, ±1}
+        >>> (w_hat / alpha * 3).round()
+        tensor([ 3., -1.,  0.,  2.])
+    """
+    check_backend(backend)
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"bits: expected an int, got {type(bits).__name__} {bits!r}")
+    if not BITS_RANGE[0] <= bits <= BITS_RANGE[1]:
+        raise ValueError(f"bits: expected an int in [{BITS_RANGE[0]}, {BITS_RANGE[1]}], got {bits}")
+    check_weight(w)
+    check_like(d, w, "d")
+    check_like(init, w, "init")
+    check_choice("levels", levels, LEVELS)
+    check_choice("granularity", granularity, GRANULARITIES)
+    check_iteration(max_iter, tol)
+    if w.numel() == 0:
+        return torch.empty(w.shape, dtype=w.dtype, device=w.device), empty_scales(w, granularity)
+    impl = select_impl("prox_mbit", backend, w, torch_impl=_prox_mbit_torch)
+    return impl(w, d, bits, levels, granularity, init, max_iter, tol)

@@ -1,0 +1,193 @@
+"""Ternary proximal step: loss-aware ternarization (LAT, Hou & Kwok, ICLR 2018) and TWN.
+
+All solvers return ``w_hat = alpha * I_delta(w)`` with I_delta(x) = +1 if x > delta, -1 if
+x < -delta, 0 otherwise (strict), and target ``min sum d*(w_hat - w)^2`` over ``alpha > 0`` and
+``b in {-1, 0, +1}^n`` (algorithms.md section 3):
+
+- ``"exact"``: the global minimizer, from sorted candidates (LATe, section 3.1; see
+  `_exact_scale` for why the argmax over top-j supports is optimal and how it departs from the
+  reference code);
+- ``"approx"``: alternating minimization over alpha and b (LATa, section 3.2);
+- ``"twn"``: Ternary Weight Networks' fixed threshold 0.7*mean|w| (Li & Liu 2016, section 3.5).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._backend import check_backend, select_impl
+from ._common import (
+    GRANULARITIES,
+    TINY,
+    alternate,
+    check_choice,
+    check_iteration,
+    check_like,
+    check_weight,
+    curvature,
+    empty_scales,
+    groups,
+    scale_shape,
+    threshold,
+)
+
+__all__ = ["prox_ternary"]
+
+SOLVERS = ("exact", "approx", "twn")
+
+# TWN's threshold factor: delta = 0.7 * mean|w| (Li & Liu 2016, eq. 8's approximation).
+TWN_FACTOR = 0.7
+
+
+# %% PyTorch reference
+
+def _exact_scale(w32: torch.Tensor, d32: torch.Tensor) -> torch.Tensor:
+    """The globally optimal ternary scale of each row, from sorted candidates (LATe).
+
+    For a support S with signs b_i = sign(w_i), the best alpha is sum_S d|w| / sum_S d, and the
+    objective is sum d*w^2 minus f(S) = (sum_S d|w|)^2 / sum_S d. Why a top-j set is enough: take
+    a global minimizer (alpha*, b*). For that alpha* each b_i is chosen on its own, and
+    d_i*(alpha*|b_i| - |w_i|)^2 is smallest with |b_i| = 1 exactly when |w_i| >= alpha*/2 (either
+    choice at equality). So an optimal support is {i : |w_i| >= alpha*/2}, the j largest |w| for
+    some j. Every j is feasible, so max_j f_j is the global optimum. Sorting |w| in descending
+    order (carrying d) gives all f_j with two cumulative sums; the argmax (first index on ties)
+    is j*. The returned pattern I_{alpha/2}(w) is the best b for alpha_{j*}, so its objective is at
+    most f_{j*}'s and hence optimal.
+
+    The reference code (algorithms.md 3.1) keeps only "valid" j, whose threshold c_j = alpha_j/2
+    lies strictly between the j-th and (j+1)-th largest |w|, and falls back to 0.7*c_n when none
+    is valid. With tied |w| or |w| exactly at c_j the strict test can reject the optimum and the
+    fallback is not optimal. We do not copy that: the argmax over all j needs no validity test.
+
+    Args:
+        w32: ``(G, n)`` float32 weights, n >= 1.
+        d32: ``(G, n)`` float32 positive curvature.
+
+    Returns:
+        ``(G,)`` float32 alpha; 0 for an all-zero row.
+    """
+    a_sorted, order = w32.abs().sort(dim=1, descending=True, stable=True)  # (G, n)
+    d_sorted = d32.gather(1, order)  # (G, n)
+    cum_da = (d_sorted * a_sorted).cumsum(dim=1)  # (G, n): sum_{i<=j} d a, float32
+    cum_d = d_sorted.cumsum(dim=1)  # (G, n): sum_{i<=j} d > 0
+    alpha_j = cum_da / cum_d  # (G, n): best scale of the top-j support
+    gain = cum_da * alpha_j  # (G, n): f_j = (sum d a)^2 / sum d, without squaring cum_da
+    j = gain.argmax(dim=1, keepdim=True)  # (G, 1), first index on ties
+    return alpha_j.gather(1, j).squeeze(1)
+
+
+def _twn_scale(w32: torch.Tensor, d32: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TWN's threshold and its least-squares scale: ``(alpha, delta)``, each ``(G,)`` float32."""
+    a = w32.abs()  # (G, n)
+    delta = TWN_FACTOR * a.mean(dim=1)  # (G,): unweighted, as in TWN
+    support = (a > delta[:, None]).float()  # (G, n)
+    ds = d32 * support
+    alpha = (ds * a).sum(dim=1) / ds.sum(dim=1).clamp_min(TINY)
+    return alpha, delta
+
+
+def _approx_scale(w32: torch.Tensor, d32: torch.Tensor, init: torch.Tensor | None,
+                  max_iter: int, tol: float) -> torch.Tensor:
+    """Alternating minimization (LATa): ``(G,)`` float32 alpha of the last iteration."""
+    a = w32.abs()  # (G, n)
+    # b0: TWN's pattern (how the reference initializes Wq), or I_0(init) = the reference's
+    # sign(Wq_prev), where 0 stays 0.
+    b0 = threshold(w32, TWN_FACTOR * a.mean(dim=1)) if init is None else torch.sign(init)
+
+    def scale_of(b: torch.Tensor) -> torch.Tensor:
+        # Least squares for a ternary b whose signs follow w: sum d|b||w| / sum d|b|. A row whose
+        # b is all zero falls back to max|w| (the scale of the support {argmax |w|}); the next
+        # pattern I_{alpha/2}(w) then holds at least the largest |w|.
+        db = d32 * b.abs()
+        den = db.sum(dim=1)
+        return torch.where(den > 0, (db * a).sum(dim=1) / den.clamp_min(TINY), a.amax(dim=1))
+
+    def levels_of(alpha: torch.Tensor) -> torch.Tensor:
+        return threshold(w32, alpha / 2)
+
+    alpha, _ = alternate(b0, scale_of, levels_of, max_iter, tol)
+    return alpha
+
+
+def _prox_ternary_torch(w: torch.Tensor, d: torch.Tensor | None, solver: str, granularity: str,
+                        init: torch.Tensor | None, max_iter: int,
+                        tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference implementation of `prox_ternary` for validated, non-empty arguments."""
+    w32 = groups(w, granularity)  # (G, n) float32
+    d32 = curvature(d, w32, granularity)  # (G, n) float32
+    if solver == "exact":
+        alpha = _exact_scale(w32, d32)
+        delta = alpha / 2
+    elif solver == "twn":
+        alpha, delta = _twn_scale(w32, d32)
+    else:
+        init32 = None if init is None else groups(init, granularity)
+        alpha = _approx_scale(w32, d32, init32, max_iter, tol)
+        delta = alpha / 2
+    w_hat = alpha[:, None] * threshold(w32, delta)  # (G, n)
+    return (w_hat.to(w.dtype).reshape(w.shape), scale_shape(alpha, granularity),
+            scale_shape(delta, granularity))
+
+
+# %% Public op
+
+def prox_ternary(w: torch.Tensor, d: torch.Tensor | None = None, *, solver: str = "exact",
+                 granularity: str = "tensor", init: torch.Tensor | None = None,
+                 max_iter: int = 10, tol: float = 1e-6,
+                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ternarize ``w`` as ``alpha * I_delta(w)``, minimizing (or approximating) sum d*(w_hat - w)^2.
+
+    Solvers:
+
+    - ``"exact"``: the global minimizer (see `_exact_scale`); ``delta = alpha / 2``.
+    - ``"approx"``: starting from b0 = I_0(init) (the signs of ``init``, 0 where it is 0), or
+      from TWN's pattern I_{0.7 mean|w|}(w) without ``init``, repeat ``alpha = sum(d|b||w|) /
+      sum(d|b|)`` then ``b = I_{alpha/2}(w)``; a group stops when alpha moved by less than
+      ``tol``, all stop after ``max_iter`` iterations. A group whose b is all zero (an all-zero
+      ``init``) takes alpha = max|w| for that iteration. ``delta = alpha / 2``.
+    - ``"twn"``: ``delta = 0.7 * mean|w|`` (unweighted, as TWN) and, on S = {|w| > delta},
+      ``alpha = sum_S d|w| / sum_S d``: TWN's mean of |w| over S when ``d`` is None, and the
+      loss-aware least-squares scale for TWN's fixed threshold otherwise.
+
+    An all-zero group gets ``alpha = delta = 0`` and ``w_hat = 0``.
+
+    Args:
+        w: ``(*shape)`` float32, float16 or bfloat16 weights, ``ndim >= 1``. Not modified.
+        d: ``(*shape)`` positive curvature (entries must be > 0, not checked) or None for ones.
+        solver: ``"exact"``, ``"approx"`` or ``"twn"``.
+        granularity: ``"tensor"`` (one alpha) or ``"channel"`` (one alpha per slice ``w[i]``).
+        init: ``(*shape)`` warm start for ``"approx"`` (the previous ``w_hat``); other solvers
+            ignore it.
+        max_iter: most iterations of ``"approx"`` (>= 1).
+        tol: ``"approx"`` stops a group when ``|alpha_t - alpha_{t-1}| < tol``.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+
+    Returns:
+        ``(w_hat, alpha, delta)``: ``w_hat`` of ``w``'s shape and dtype with values in
+        ``{-alpha, 0, +alpha}`` per group; ``alpha`` and ``delta`` float32 of shape () or
+        ``(w.shape[0],)``. An empty ``w`` gives an empty ``w_hat`` and zero scales.
+
+    Raises:
+        TypeError: ``w``, ``d`` or ``init`` is not a tensor of a supported float dtype.
+        ValueError: 0-dimensional ``w``; ``d`` or ``init`` of another shape or device; unknown
+            ``solver``, ``granularity`` or ``backend``; ``max_iter < 1`` or ``tol < 0``.
+        NotImplementedError: ``backend="triton"`` (not written yet).
+
+    Example:
+        >>> w = torch.tensor([1.0, -0.9, 0.1, 0.0])
+        >>> w_hat, alpha, delta = prox_ternary(w)
+        >>> w_hat, alpha, delta
+        (tensor([ 0.9500, -0.9500,  0.0000,  0.0000]), tensor(0.9500), tensor(0.4750))
+    """
+    check_backend(backend)
+    check_weight(w)
+    check_like(d, w, "d")
+    check_like(init, w, "init")
+    check_choice("solver", solver, SOLVERS)
+    check_choice("granularity", granularity, GRANULARITIES)
+    check_iteration(max_iter, tol)
+    if w.numel() == 0:
+        zeros = empty_scales(w, granularity)
+        return torch.empty(w.shape, dtype=w.dtype, device=w.device), zeros, zeros.clone()
+    impl = select_impl("prox_ternary", backend, w, torch_impl=_prox_ternary_torch)
+    return impl(w, d, solver, granularity, init, max_iter, tol)
