@@ -1,1 +1,56 @@
-"""placeholder"""
+"""labbench analysis: MLflow runs -> tidy pandas -> statistics -> seaborn figures -> report.
+
+Reads studies by the names in docs/mlflow-layout.md and imports nothing else of labbench.
+
+Example:
+    >>> from analysis import load_runs, paired_bootstrap, build_report  # doctest: +SKIP
+    >>> uri = "sqlite:///labbench-runs/mlflow.db"
+    >>> frame = load_runs("bc-degradation", uri)  # doctest: +SKIP
+    >>> paired_bootstrap(frame)  # mean degradation per configuration  # doctest: +SKIP
+    >>> build_report("bc-degradation", uri, "out/")  # doctest: +SKIP
+"""
+
+from analysis.plots import (
+    alpha_trajectories,
+    degradation_heatmap,
+    grad_norm_curves,
+    learning_curves,
+    pareto_plot,
+    point_plot,
+    save_figure,
+    spectral_norm_curves,
+)
+from analysis.report import ReportFiles, build_report
+from analysis.runs import ID_COLUMNS, load_curves, load_runs, metric_names, missing_cells
+from analysis.stats import (
+    degradation,
+    factor_effects,
+    holm_adjust,
+    mean_ci,
+    paired_bootstrap,
+    pareto_mask,
+)
+
+__all__ = [
+    "ID_COLUMNS",
+    "ReportFiles",
+    "alpha_trajectories",
+    "build_report",
+    "degradation",
+    "degradation_heatmap",
+    "factor_effects",
+    "grad_norm_curves",
+    "holm_adjust",
+    "learning_curves",
+    "load_curves",
+    "load_runs",
+    "mean_ci",
+    "metric_names",
+    "missing_cells",
+    "paired_bootstrap",
+    "pareto_mask",
+    "pareto_plot",
+    "point_plot",
+    "save_figure",
+    "spectral_norm_curves",
+]

@@ -1,0 +1,170 @@
+"""Render a report, held as a list of blocks, to Markdown and to self-contained HTML.
+
+A block is one of :class:`Heading`, :class:`Text`, :class:`Code`, :class:`Table`, :class:`Image`.
+The HTML embeds each image as a base64 PNG data URI and its style sheet inline: it loads nothing
+from anywhere and needs no JavaScript.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = [
+    "Code",
+    "Heading",
+    "Image",
+    "Table",
+    "Text",
+    "fmt_number",
+    "fmt_p",
+    "to_html",
+    "to_markdown",
+]
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+    note: bool = False  # a remark (a skipped figure, a refused test): shown in italics
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str
+    language: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    frame: pd.DataFrame  # cells already formatted as strings
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Image:
+    png: Path
+    caption: str  # one sentence: what the figure shows and the statistic behind it
+    alt: str
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 72rem;
+       margin: 2rem auto; padding: 0 1.5rem; color: #1b1b1b; line-height: 1.5; }
+h1 { border-bottom: 2px solid #0173b2; padding-bottom: .3rem; }
+h2 { margin-top: 2.2rem; border-bottom: 1px solid #ccc; padding-bottom: .2rem; }
+table { border-collapse: collapse; margin: .8rem 0 1.2rem; font-size: .9rem; }
+th, td { border: 1px solid #bbb; padding: .25rem .6rem; text-align: right; }
+th { background: #eef3f8; }
+td:first-child, th:first-child { text-align: left; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: .3rem; }
+pre { background: #f5f5f5; border: 1px solid #ddd; padding: .7rem; overflow-x: auto;
+      font-size: .85rem; }
+figure { margin: 1.2rem 0 2rem; }
+figure img { max-width: 100%; height: auto; border: 1px solid #e2e2e2; }
+figcaption { margin-top: .4rem; font-size: .95rem; }
+p.note { font-style: italic; color: #555; }
+"""
+
+
+def fmt_number(value, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits; missing as an em dash; ints unchanged."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool | str):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    number = float(value)
+    if number.is_integer() and abs(number) < 1e6:
+        return str(int(number))
+    return f"{number:.{digits}g}"
+
+
+def fmt_p(p: float) -> str:
+    """A p-value: ``< 0.001``, three decimals, or an em dash when there is none (NaN)."""
+    if p is None or not math.isfinite(p):
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def to_markdown(blocks: list, title: str, figure_dir: str) -> str:
+    """The report as GitHub-flavoured Markdown; images link to ``<figure_dir>/<name>.png``."""
+    out = [f"# {title}", ""]
+    for block in blocks:
+        if isinstance(block, Heading):
+            out += ["#" * block.level + " " + block.text, ""]
+        elif isinstance(block, Text):
+            out += [f"*{block.text}*" if block.note else block.text, ""]
+        elif isinstance(block, Code):
+            out += [f"```{block.language}", block.text.rstrip("\n"), "```", ""]
+        elif isinstance(block, Table):
+            if block.caption:
+                out += [f"**{block.caption}**", ""]
+            out += [_markdown_table(block.frame), ""]
+        elif isinstance(block, Image):
+            out += [f"![{block.alt}]({figure_dir}/{block.png.name})", "", block.caption, ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def to_html(blocks: list, title: str) -> str:
+    """The report as one self-contained HTML page (inline CSS, base64 PNG images)."""
+    esc = html.escape
+    body = [f"<h1>{esc(title)}</h1>"]
+    for block in blocks:
+        if isinstance(block, Heading):
+            level = min(max(block.level, 2), 6)
+            body.append(f"<h{level}>{esc(block.text)}</h{level}>")
+        elif isinstance(block, Text):
+            cls = ' class="note"' if block.note else ""
+            body.append(f"<p{cls}>{esc(block.text)}</p>")
+        elif isinstance(block, Code):
+            body.append(f"<pre><code>{esc(block.text)}</code></pre>")
+        elif isinstance(block, Table):
+            body.append(_html_table(block.frame, block.caption))
+        elif isinstance(block, Image):
+            data = base64.b64encode(block.png.read_bytes()).decode("ascii")
+            body.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{esc(block.alt)}">'
+                f"<figcaption>{esc(block.caption)}</figcaption></figure>"
+            )
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def _html_table(frame: pd.DataFrame, caption: str) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(str(c))}</th>" for c in frame.columns)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
+    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"

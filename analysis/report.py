@@ -1,0 +1,269 @@
+"""A study's report: Markdown + self-contained HTML with its tables and figures, logged to MLflow.
+
+The report holds the study spec, the environment of one run, the missing cells, the degradation
+table (means with bootstrap CIs over seeds, Holm-corrected p-values), the ANOVA of the factors when
+the design allows it (else the reason it does not), and every figure the data supports, each with
+one computed sentence underneath. A figure or table that cannot be made is replaced by a note.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import _report_figures as figs
+from analysis._mlflow import open_client, read_json_artifact
+from analysis._plotstyle import unit
+from analysis._render import Code, Heading, Image, Table, Text, to_html, to_markdown
+from analysis._render import fmt_number as num
+from analysis._render import fmt_p as _p
+from analysis.plots import save_figure
+from analysis.runs import load_curves, load_runs, missing_cells
+from analysis.stats import degradation, factor_effects, paired_bootstrap
+
+__all__ = ["ReportFiles", "build_report"]
+
+logger = logging.getLogger(__name__)
+
+FIGURE_DIR = "figures"
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The files a report wrote (all under its ``out_dir``)."""
+
+    markdown: Path
+    html: Path
+    figures: tuple[Path, ...]  # PNG and SVG of each figure, under ``out_dir/figures``
+
+
+def build_report(
+    study: str,
+    tracking_uri: str,
+    out_dir: str | Path,
+    *,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    log_to_mlflow: bool = True,
+) -> ReportFiles:
+    """Write ``report.md``, ``report.html`` and ``figures/`` for a study, and log them to MLflow.
+
+    Args:
+        study: the study (experiment) name.
+        tracking_uri: the MLflow tracking URI.
+        out_dir: folder to write into (created if needed).
+        n_boot: bootstrap resamples for every CI.
+        seed: seed of every bootstrap, so the report is reproducible.
+        log_to_mlflow: log the files as artifacts of the study's parent run under ``report/``.
+
+    Returns:
+        The :class:`ReportFiles` written.
+
+    Raises:
+        LookupError: no database, experiment or parent run for ``study`` at ``tracking_uri``.
+    """
+    out = Path(out_dir)
+    (out / FIGURE_DIR).mkdir(parents=True, exist_ok=True)
+    frame = load_runs(study, tracking_uri)
+    client = open_client(tracking_uri)
+    attrs = frame.attrs
+    data = _study_data(frame, n_boot, seed)
+    blocks: list = _summary(frame, data)
+    blocks += _spec_section(client, attrs)
+    blocks += _environment_section(client, frame)
+    blocks += _missing_section(frame)
+    blocks += _degradation_section(data)
+    blocks += _anova_section(data)
+    figure_blocks, written = _figure_sections(data, out / FIGURE_DIR)
+    blocks += figure_blocks
+    title = f"Study report: {study}"
+    md = out / "report.md"
+    html = out / "report.html"
+    md.write_text(to_markdown(blocks, title, FIGURE_DIR), encoding="utf-8")
+    html.write_text(to_html(blocks, title), encoding="utf-8")
+    if log_to_mlflow:
+        parent = attrs["parent_run_id"]
+        client.log_artifact(parent, str(md), artifact_path="report")
+        client.log_artifact(parent, str(html), artifact_path="report")
+        for path in written:
+            client.log_artifact(parent, str(path), artifact_path=f"report/{FIGURE_DIR}")
+        logger.info("logged the report of %r to parent run %s under report/", study, parent)
+    return ReportFiles(markdown=md, html=html, figures=tuple(written))
+
+
+def _study_data(frame: pd.DataFrame, n_boot: int, seed: int) -> figs.StudyData:
+    """Resolve the objective, hue and degradation once for every section."""
+    attrs = frame.attrs
+    objective = attrs.get("objective")
+    column = (attrs.get("metric_columns") or {}).get(objective) if objective else None
+    axes = [a for a in attrs.get("axes") or [] if a in frame.columns]
+    baseline = dict(attrs.get("baseline") or {})
+    hue = "method" if "method" in axes else next(iter(baseline), axes[0] if axes else None)
+    hue_order = []
+    if hue is not None:
+        seen = sorted(frame[hue].dropna().unique().tolist(), key=str)
+        first = [v for v in seen if baseline.get(hue) is not None and str(v) == str(baseline[hue])]
+        hue_order = first + [v for v in seen if v not in first]
+    degr = None
+    if column and baseline and axes and attrs.get("direction") and len(frame):
+        try:
+            degr = degradation(frame)
+        except ValueError as err:
+            logger.warning("report: no degradation table: %s", err)
+    val_metric, wanted = figs.pick_curve_metrics(frame, objective)
+    curves = load_curves(frame, wanted) if wanted and hue is not None else None
+    return figs.StudyData(
+        frame=frame, objective=objective, column=column, direction=attrs.get("direction"),
+        baseline=baseline, axes=axes, hue=hue, hue_order=hue_order, degradation=degr,
+        curves=curves, val_metric=val_metric, n_boot=n_boot, seed=seed,
+    )  # fmt: skip
+
+
+def _summary(frame: pd.DataFrame, data: figs.StudyData) -> list:
+    attrs = frame.attrs
+    n_cells = frame["cell"].nunique()
+    seeds = attrs.get("seeds") or []
+    base = ", ".join(f"{k}={v}" for k, v in data.baseline.items()) or "none"
+    return [
+        Text(
+            f"Objective: {data.objective or 'not set'} ({data.direction or 'no direction'}); "
+            f"baseline: {base}; axes: {', '.join(data.axes) or 'none'}; seeds: "
+            f"{', '.join(map(str, seeds))} ({attrs.get('seeds_source')}). {len(frame)} finished "
+            f"runs in {n_cells} cells; {_excluded_text(attrs.get('excluded_runs') or [])}; "
+            f"{attrs.get('duplicates_dropped', 0)} duplicate runs dropped (earliest end kept). "
+            f"Parent run {attrs.get('parent_run_id')}; tracking URI {attrs.get('tracking_uri')}; "
+            f"generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC."
+        )
+    ]
+
+
+def _spec_section(client, attrs: dict) -> list:
+    spec = read_json_artifact(client, attrs["parent_run_id"], "study.json")
+    if spec is not None:
+        return [Heading("Study spec"), Text("From the parent run's study.json artifact."),
+                Code(json.dumps(spec, indent=2, sort_keys=True), "json")]  # fmt: skip
+    run = client.get_run(attrs["parent_run_id"])
+    tags = {k: v for k, v in sorted(run.data.tags.items()) if k.startswith("labbench.")}
+    table = pd.DataFrame({"tag": list(tags), "value": list(tags.values())})
+    return [Heading("Study spec"), Text("No study.json artifact; the parent run's tags:", True),
+            Table(table)]  # fmt: skip
+
+
+def _environment_section(client, frame: pd.DataFrame) -> list:
+    for run_id in sorted(frame["run_id"]):
+        env = read_json_artifact(client, run_id, "env.json")
+        if env is not None:
+            return [Heading("Environment"), Text(f"env.json of run {run_id}:"),
+                    Code(json.dumps(env, indent=2, sort_keys=True), "json")]  # fmt: skip
+    return [Heading("Environment"), Text("No run has an env.json artifact.", note=True)]
+
+
+def _missing_section(frame: pd.DataFrame) -> list:
+    blocks: list = [Heading("Missing cells")]
+    if not frame.attrs.get("axes"):
+        return [*blocks, Text("The study has no axes tag: missing cells cannot be listed.", True)]
+    missing = missing_cells(frame)
+    if missing.empty:
+        return [*blocks, Text("None: every cell ran with every seed.")]
+    blocks.append(
+        Text(
+            f"{len(missing)} cell x seed combination(s) of the full factorial have no finished "
+            "run; they are reported, never imputed, and the paired statistics below leave them "
+            "out."
+        )
+    )
+    return [*blocks, Table(missing.map(num))]
+
+
+def _degradation_section(d: figs.StudyData) -> list:
+    blocks: list = [Heading("Degradation against the baseline")]
+    if d.degradation is None or d.degradation.empty:
+        return [*blocks, Text("No degradation table: the study lacks an objective, a baseline, "
+                              "axes or baseline runs.", note=True)]  # fmt: skip
+    boot = paired_bootstrap(d.degradation, n_boot=d.n_boot, seed=d.seed)
+    u = unit(d.objective)
+    worse = "value - baseline" if d.direction == "minimize" else "baseline - value"
+    blocks.append(
+        Text(
+            f"Degradation = {worse} of {d.objective}{f' ({u})' if u else ''}, paired by seed "
+            "and by the other axes; > 0 means worse than the baseline. Means over seeds with "
+            f"{boot.attrs['ci']:.0%} BCa bootstrap CIs ({d.n_boot} resamples, seed {d.seed}); "
+            "p from a t-test (and a Wilcoxon signed-rank test with >= 6 seeds) of the per-seed "
+            "differences, Holm-corrected over all rows."
+        )
+    )
+    table = pd.DataFrame({a: boot[a] for a in boot.columns[: list(boot.columns).index("n_seeds")]})
+    table["seeds"] = boot["n_seeds"]
+    table["mean"] = boot["mean"].map(num)
+    table["95% CI"] = [f"{num(lo)} to {num(hi)}" for lo, hi in zip(boot["ci_low"], boot["ci_high"],
+                                                                   strict=True)]  # fmt: skip
+    table["p (t)"] = boot["p_ttest"].map(_p)
+    table["Holm p"] = boot["p_holm"].map(_p)
+    table["p (Wilcoxon)"] = boot["p_wilcoxon"].map(_p)
+    table["Holm p (Wilcoxon)"] = boot["p_wilcoxon_holm"].map(_p)
+    table["note"] = boot["note"]
+    blocks.append(Table(table.astype(str)))
+    unpaired = d.degradation.attrs.get("unpaired") or []
+    if unpaired:
+        blocks.append(Text(f"{len(unpaired)} run(s) have no baseline run with the same seed and "
+                           "configuration and are left out.", note=True))  # fmt: skip
+    return blocks
+
+
+def _anova_section(d: figs.StudyData) -> list:
+    blocks: list = [Heading("Factor effects (ANOVA)")]
+    factors = [a for a in d.axes if d.frame[a].nunique(dropna=False) >= 2]
+    if not d.column or not factors:
+        return [*blocks, Text("No ANOVA: no objective or no axis with two levels.", note=True)]
+    try:
+        table = factor_effects(d.frame, d.column, factors, interactions=len(factors) > 1)
+    except ValueError as err:
+        return [*blocks, Text(f"No ANOVA: {err}", note=True)]
+    blocks.append(
+        Text(
+            f"OLS {table.attrs['formula']} with sum-to-zero contrasts, type "
+            f"{table.attrs['typ']} sums of squares, {table.attrs['replicates']} run(s) per cell, "
+            f"R^2 = {num(table.attrs['r_squared'])}. Partial eta squared = SS_term / "
+            "(SS_term + SS_residual)."
+        )
+    )
+    shown = pd.DataFrame(
+        {
+            "term": table["term"], "df": table["df"].map(num), "sum_sq": table["sum_sq"].map(num),
+            "F": table["F"].map(num), "p": table["p_value"].map(_p),
+            "partial eta^2": table["partial_eta_sq"].map(num),
+        }
+    )  # fmt: skip
+    return [*blocks, Table(shown.astype(str))]
+
+
+def _figure_sections(d: figs.StudyData, folder: Path) -> tuple[list, list[Path]]:
+    blocks: list = [Heading("Figures")]
+    written: list[Path] = []
+    for title, build in figs.FIGURES:
+        try:
+            items = build(d)
+        except (figs.Skip, ValueError) as err:
+            logger.info("report: figure %r skipped: %s", title, err)
+            blocks.append(Text(f"{title}: not drawn ({err}).", note=True))
+            continue
+        blocks.append(Heading(title, level=3))
+        for stem, fig, caption, alt in items:
+            paths = save_figure(fig, folder / stem)
+            written += paths
+            blocks.append(Image(paths[0], caption, alt))
+    return blocks, written
+
+
+def _excluded_text(excluded: list[dict]) -> str:
+    """``2 runs not finished were left out (1 FAILED, 1 RUNNING)``."""
+    if not excluded:
+        return "no run was left unfinished"
+    counts = pd.Series([r["status"] for r in excluded]).value_counts().sort_index()
+    by_status = ", ".join(f"{n} {status}" for status, n in counts.items())
+    return f"{len(excluded)} runs not finished were left out ({by_status})"
