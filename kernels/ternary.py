@@ -54,10 +54,12 @@ def _exact_scale(w32: torch.Tensor, d32: torch.Tensor) -> torch.Tensor:
     is j*. The returned pattern I_{alpha/2}(w) is the best b for alpha_{j*}, so its objective is at
     most f_{j*}'s and hence optimal.
 
-    The reference code (algorithms.md 3.1) keeps only "valid" j, whose threshold c_j = alpha_j/2
-    lies strictly between the j-th and (j+1)-th largest |w|, and falls back to 0.7*c_n when none
-    is valid. With tied |w| or |w| exactly at c_j the strict test can reject the optimum and the
-    fallback is not optimal. We do not copy that: the argmax over all j needs no validity test.
+    The reference code (algorithms.md 3.1, ``findalpha``) keeps only "valid" j < n, whose
+    threshold c_j = alpha_j/2 lies strictly between the j-th and (j+1)-th largest |w|, and falls
+    back to delta = 0.7*c_n when none is valid. It never considers j = n, and with tied |w| or a
+    |w| exactly at c_j the strict test rejects the optimum; the fallback is not optimal (all |w|
+    equal gives alpha = 0.7*|w| instead of |w|). We do not copy that: the argmax over all j needs
+    no validity test.
 
     Args:
         w32: ``(G, n)`` float32 weights, n >= 1.
