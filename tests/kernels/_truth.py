@@ -25,27 +25,31 @@ def objective(w: torch.Tensor, w_hat: torch.Tensor, d: torch.Tensor | None = Non
 
 
 @functools.cache
-def patterns(n: int, values: tuple[float, ...]) -> torch.Tensor:
-    """All ``len(values)**n`` patterns in ``values^n``: ``(len(values)**n, n)`` float64."""
+def patterns(n: int, values: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ``m = len(values)**n`` patterns b in ``values^n``, and b*b: two ``(m, n)`` float64."""
     base = len(values)
     index = torch.arange(base**n, dtype=torch.int64)[:, None]  # (m, 1)
     digits = index // base ** torch.arange(n, dtype=torch.int64) % base  # (m, n)
-    return torch.tensor(values, dtype=torch.float64)[digits]
+    b = torch.tensor(values, dtype=torch.float64)[digits]
+    return b, b * b
 
 
-def pattern_objectives(w: torch.Tensor, d: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+def pattern_objectives(w: torch.Tensor, d: torch.Tensor | None, b: torch.Tensor,
+                       b_squared: torch.Tensor | None = None) -> torch.Tensor:
     """The objective of each pattern row of ``b`` at its best scale alpha >= 0: ``(m,)`` float64.
 
     Args:
         w: ``(n,)`` weights.
         d: ``(n,)`` positive curvature or None.
-        b: ``(m, n)`` float64 patterns (or ``(n,)`` for one).
+        b: ``(m, n)`` patterns (or ``(n,)`` for one).
+        b_squared: ``b * b`` if already at hand.
     """
     w64 = w.double().reshape(-1)
     d64 = torch.ones_like(w64) if d is None else d.double().reshape(-1)
-    b = b.reshape(-1, w64.numel())
-    num = (b * (d64 * w64)).sum(dim=1).clamp_min(0)  # (m,): alpha >= 0
-    den = (b * b * d64).sum(dim=1)  # (m,)
+    b = b.double().reshape(-1, w64.numel())
+    b_squared = b * b if b_squared is None else b_squared
+    num = (b @ (d64 * w64)).clamp_min(0)  # (m,): alpha >= 0
+    den = b_squared @ d64  # (m,)
     gain = torch.where(den > 0, num**2 / den.clamp_min(1e-300), 0.0)
     return (d64 * w64**2).sum() - gain
 
@@ -54,7 +58,7 @@ def brute_force_min(w: torch.Tensor, d: torch.Tensor | None, values: tuple[float
     """min over b in ``values^n`` and alpha >= 0 of sum d*(alpha*b - w)^2, by enumeration."""
     count = len(values) ** w.numel()
     assert count <= MAX_PATTERNS, f"{count} patterns: too many to enumerate"
-    return float(pattern_objectives(w, d, patterns(w.numel(), values)).min())
+    return float(pattern_objectives(w, d, *patterns(w.numel(), values)).min())
 
 
 def scale(w: torch.Tensor, d: torch.Tensor | None) -> float:
