@@ -1,6 +1,6 @@
 """Render a report, held as a list of blocks, to Markdown and to self-contained HTML.
 
-A block is one of :class:`Heading`, :class:`Text`, :class:`Code`, :class:`Table`, :class:`Image`.
+A block is one of :class:`Heading`, :class:`Text`, :class:`Table`, :class:`Image`.
 The HTML embeds each image as a base64 PNG data URI and its style sheet inline: it loads nothing
 from anywhere and needs no JavaScript.
 """
@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 
 __all__ = [
-    "Code",
     "Heading",
     "Image",
     "Table",
@@ -39,12 +38,6 @@ class Heading:
 class Text:
     text: str
     note: bool = False  # a remark (a skipped figure, a refused test): shown in italics
-
-
-@dataclass(frozen=True)
-class Code:
-    text: str
-    language: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,8 +63,6 @@ th, td { border: 1px solid #bbb; padding: .25rem .6rem; text-align: right; }
 th { background: #eef3f8; }
 td:first-child, th:first-child { text-align: left; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: .3rem; }
-pre { background: #f5f5f5; border: 1px solid #ddd; padding: .7rem; overflow-x: auto;
-      font-size: .85rem; }
 figure { margin: 1.2rem 0 2rem; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e2e2e2; }
 figcaption { margin-top: .4rem; font-size: .95rem; }
@@ -108,8 +99,6 @@ def to_markdown(blocks: list, title: str, figure_dir: str) -> str:
             out += ["#" * block.level + " " + block.text, ""]
         elif isinstance(block, Text):
             out += [f"*{block.text}*" if block.note else block.text, ""]
-        elif isinstance(block, Code):
-            out += [f"```{block.language}", block.text.rstrip("\n"), "```", ""]
         elif isinstance(block, Table):
             if block.caption:
                 out += [f"**{block.caption}**", ""]
@@ -130,8 +119,6 @@ def to_html(blocks: list, title: str) -> str:
         elif isinstance(block, Text):
             cls = ' class="note"' if block.note else ""
             body.append(f"<p{cls}>{esc(block.text)}</p>")
-        elif isinstance(block, Code):
-            body.append(f"<pre><code>{esc(block.text)}</code></pre>")
         elif isinstance(block, Table):
             body.append(_html_table(block.frame, block.caption))
         elif isinstance(block, Image):

@@ -19,7 +19,7 @@ import pandas as pd
 from analysis import _report_figures as figs
 from analysis._mlflow import open_client, read_json_artifact
 from analysis._plotstyle import unit
-from analysis._render import Code, Heading, Image, Table, Text, to_html, to_markdown
+from analysis._render import Heading, Image, Table, Text, to_html, to_markdown
 from analysis._render import fmt_number as num
 from analysis._render import fmt_p as _p
 from analysis.plots import save_figure
@@ -146,7 +146,7 @@ def _spec_section(client, attrs: dict) -> list:
     spec = read_json_artifact(client, attrs["parent_run_id"], "study.json")
     if spec is not None:
         return [Heading("Study spec"), Text("From the parent run's study.json artifact."),
-                Code(json.dumps(spec, indent=2, sort_keys=True), "json")]  # fmt: skip
+                Table(_flat_table(spec))]  # fmt: skip
     run = client.get_run(attrs["parent_run_id"])
     tags = {k: v for k, v in sorted(run.data.tags.items()) if k.startswith("labbench.")}
     table = pd.DataFrame({"tag": list(tags), "value": list(tags.values())})
@@ -159,7 +159,7 @@ def _environment_section(client, frame: pd.DataFrame) -> list:
         env = read_json_artifact(client, run_id, "env.json")
         if env is not None:
             return [Heading("Environment"), Text(f"env.json of run {run_id}:"),
-                    Code(json.dumps(env, indent=2, sort_keys=True), "json")]  # fmt: skip
+                    Table(_flat_table(env))]  # fmt: skip
     return [Heading("Environment"), Text("No run has an env.json artifact.", note=True)]
 
 
@@ -267,3 +267,19 @@ def _excluded_text(excluded: list[dict]) -> str:
     counts = pd.Series([r["status"] for r in excluded]).value_counts().sort_index()
     by_status = ", ".join(f"{n} {status}" for status, n in counts.items())
     return f"{len(excluded)} runs not finished were left out ({by_status})"
+
+
+def _flat_table(data) -> pd.DataFrame:
+    """A JSON object as a two-column table: dotted keys of nested objects, lists inline."""
+    rows: list[tuple[str, str]] = []
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict) and value:
+            for key in sorted(value):
+                walk(f"{prefix}.{key}" if prefix else str(key), value[key])
+        else:
+            rows.append((prefix or "(value)", json.dumps(value) if not isinstance(value, str)
+                         else value))  # fmt: skip
+
+    walk("", data)
+    return pd.DataFrame(rows, columns=["key", "value"])

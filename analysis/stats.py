@@ -324,7 +324,7 @@ def factor_effects(
     table = sm.stats.anova_lm(model, typ=typ)
     back = {f"C({v}, Sum)": k for k, v in names.items()}
     terms = [
-        "Residual" if t == "Residual" else ":".join(back[p] for p in t.split(":"))
+        t if t in ("Residual", "Intercept") else ":".join(back[p] for p in t.split(":"))
         for t in table.index
     ]
     out = pd.DataFrame(
