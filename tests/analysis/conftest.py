@@ -18,6 +18,9 @@ Faults planted in the default study (axes method x hidden, seeds 0..5):
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +75,7 @@ def write_fake_study(root: Path, *, name: str = "fake-study", faults: bool = Tru
     """Write a study (parent + trial runs with curves, diagnostics and artifacts) under ``root``.
 
     Args:
-        root: folder for ``mlflow.db`` and ``mlartifacts/``.
+        root: folder for ``mlflow.db`` and ``mlartifacts/`` (several studies may share it).
         name: the study (experiment) name.
         faults: plant the duplicates, failed, missing, running and stray runs listed above.
 
@@ -283,12 +286,27 @@ def _curves(key: tuple, start: int) -> list[Metric]:
 
 
 @pytest.fixture(scope="session")
-def fake_study(tmp_path_factory) -> FakeStudy:
-    """The study with planted faults (see the module docstring); shared by the whole session."""
-    return write_fake_study(tmp_path_factory.mktemp("fake-study"))
+def study_root(tmp_path_factory):
+    """One MLflow root for the session's fake studies, in RAM when /dev/shm is writable.
+
+    Each SQLite commit syncs to disk; on tmpfs writing a study takes a third of the time.
+    """
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        root = Path(tempfile.mkdtemp(prefix="labbench-analysis-", dir=shm))
+        yield root
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        yield tmp_path_factory.mktemp("studies")
 
 
 @pytest.fixture(scope="session")
-def complete_study(tmp_path_factory) -> FakeStudy:
+def fake_study(study_root) -> FakeStudy:
+    """The study with planted faults (see the module docstring); shared by the whole session."""
+    return write_fake_study(study_root, name="fake-study")
+
+
+@pytest.fixture(scope="session")
+def complete_study(study_root) -> FakeStudy:
     """The same grid with no faults: balanced, every cell x seed finished once."""
-    return write_fake_study(tmp_path_factory.mktemp("complete-study"), faults=False)
+    return write_fake_study(study_root, name="complete-study", faults=False)
