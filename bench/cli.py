@@ -67,10 +67,8 @@ def read_config_file(path: str) -> dict[str, Any]:
     if not p.is_file():
         raise UsageError(f"{path}: no such config file")
     try:
-        if p.suffix == ".json":
-            data = json.loads(p.read_text())
-        else:
-            data = tomllib.loads(p.read_text())
+        text = p.read_text()
+        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
         raise UsageError(f"{path}: cannot parse: {err}") from None
     if not isinstance(data, dict):
@@ -141,7 +139,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
     base = config_from_args(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    rows = measure_speed(base, methods, steps=args.steps, warmup=args.warmup)
+    rows = measure_speed(base, methods, steps=args.timed_steps, warmup=args.warmup)
     print(format_speed_table(rows, base))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -172,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("speed", help="median training-step time per method, ratio to fp")
     p.add_argument("--methods", default="fp,bc,bwn,lab,lat,laq",
                    help="comma-separated methods (fp is added as the baseline)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per method")
+    p.add_argument("--timed-steps", type=int, default=20, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--json", help="also write the rows as JSON here")
     p.add_argument("--config", help="TOML or JSON file of RunConfig fields")

@@ -5,15 +5,17 @@ for under ``$LABBENCH_DATA`` (default ``~/.cache/labbench/data``) and a few syst
 sets are downloaded with checksums when absent (unless ``LABBENCH_OFFLINE=1``), and a missing set
 raises `DatasetNotFoundError` saying exactly where the files go.
 
-| name          | source                                                                      | split              |
-|---------------|-----------------------------------------------------------------------------|--------------------|
-| fashion-mnist | `$LABBENCH_DATA/fashion-mnist/` or Debian's `/usr/share/datasets/fashion-mnist` | last 1/6 of train = val |
-| mnist         | `$LABBENCH_DATA/mnist/` (downloaded)                                        | last 1/6 of train = val |
-| cifar10       | `$LABBENCH_DATA/cifar10/cifar-10-python.tar.gz` (downloaded)                | 45k / 5k / 10k     |
-| svhn          | `$LABBENCH_DATA/svhn/{train,extra,test}_32x32.mat` (downloaded)             | train+extra - 6k / 6k / test |
-| pysrc         | the running Python's standard library sources (always present)              | 90 / 5 / 5 %       |
-| linux         | `$LABBENCH_DATA/linux/` tree or tarball, or Debian's `/usr/src/linux-source-*.tar.xz` | 90 / 5 / 5 % |
-| text:PATH     | any UTF-8 text file                                                         | 80 / 10 / 10 %     |
+- ``fashion-mnist``: ``$LABBENCH_DATA/fashion-mnist/`` or Debian's
+  ``/usr/share/datasets/fashion-mnist`` (package dataset-fashion-mnist); the last sixth of the
+  training set is validation.
+- ``mnist``: ``$LABBENCH_DATA/mnist/`` (downloaded); same split.
+- ``cifar10``: ``$LABBENCH_DATA/cifar10/cifar-10-python.tar.gz`` (downloaded); 45k / 5k / 10k.
+- ``svhn``: ``$LABBENCH_DATA/svhn/{train,extra,test}_32x32.mat`` (downloaded); train + extra less
+  6,000 validation images (598,388, the paper's count) / 6,000 / test.
+- ``pysrc``: the running Python's standard library sources (always present); 90 / 5 / 5 %.
+- ``linux``: a kernel tree or tarball under ``$LABBENCH_DATA/linux/``, or Debian's
+  ``/usr/src/linux-source-*.tar.xz`` (package linux-source-6.1); 90 / 5 / 5 %.
+- ``text:PATH``: any UTF-8 text file (e.g. War and Peace); 80 / 10 / 10 %.
 """
 
 from __future__ import annotations

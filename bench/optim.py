@@ -169,17 +169,12 @@ class QuantOptimizer:
         if not self._shared_v and t.spec.method.curvature:
             t.state["v"] = torch.zeros_like(latent, dtype=torch.float32)
         if t.spec.method.weights == "ttq":
-            view, gran = t.grouped(latent)
-            delta = self._ttq_delta(view, gran)
-            above = view.abs() > delta
-            # W_p, W_n start at the mean |w| above the threshold (the TTQ code starts at 1.0, which
-            # only suits a pretrained net under batch norm; this keeps the first w_hat at the
-            # weights' own scale, like bwn's first step).
-            dims = tuple(range(1, view.dim())) if gran == "channel" else None
-            mean_abs = ((view.abs() * above).sum(dim=dims) / above.sum(dim=dims).clamp_min(1))
-            mean_abs = mean_abs.float().clamp_min(1e-8)
-            t.state["wp"] = torch.nn.Parameter(mean_abs.clone())
-            t.state["wn"] = torch.nn.Parameter(mean_abs.clone())
+            # W_p and W_n start at 1.0, as in the TTQ authors' code; their gradients come from
+            # `_ttq_grads` and the base optimizer updates them (a param group of their own).
+            groups = {"tensor": (), "channel": (latent.shape[0],), "gate": (t.gates,)}
+            shape = groups[t.granularity]
+            t.state["wp"] = torch.nn.Parameter(torch.ones(shape, device=latent.device))
+            t.state["wn"] = torch.nn.Parameter(torch.ones(shape, device=latent.device))
             self._ttq_scales += [t.state["wp"], t.state["wn"]]
         w_hat, alpha = self._quantize(t, latent)
         t.state["alpha"] = alpha
@@ -276,6 +271,8 @@ class QuantOptimizer:
             old_hat[t.name] = p.data
             p.data = t.state["latent"]
         loss = self.base.step(closure)
+        for scale in self._ttq_scales:  # magnitudes: a negative one would swap the codes' signs
+            scale.data.clamp_(min=0)
         self.last_flips: dict[str, float] = {}
         for t in self.targets:
             p = t.param

@@ -234,11 +234,11 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    info = {"env": env_info(device), "data": data.info, "device": str(device),
+    info = {**env_info(device), "data": data.info, "device": str(device),
             "quantized": {n: s.method.name for n, s in built.specs.items()}}
-    recorder.set_tags({"labbench.task": data.task, "labbench.version": info["env"]["packages"]
-                       ["labbench"], "labbench.git_commit": info["env"]["git_commit"],
-                       "labbench.git_dirty": info["env"]["git_dirty"]})
+    recorder.set_tags({"labbench.task": data.task, "labbench.version": info["packages"]["labbench"],
+                       "labbench.git_commit": info["git_commit"],
+                       "labbench.git_dirty": info["git_dirty"]})
     recorder.log_params(config.to_dict())
     recorder.log_dict(config.to_dict(), "config.json")
     recorder.log_dict(info, "env.json")
@@ -356,7 +356,7 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
         if n_diag:
             row.update({f"grad_norm/{k}": v / n_diag for k, v in grad_sum.items()})
             row.update({f"grad_norm_max/{k}": v for k, v in grad_max.items()})
-            row.update({f"flip_ratio/{k}": flips[k] / n_diag for k in opt.last_flips})
+            row.update({f"flip_ratio/{t.name}": flips[t.name] / n_diag for t in opt.targets})
         if clip_kind != "none":
             row["clip_frac"] = sums["clipped"] / max(sums["clip_total"], 1)
         history.append(row)
@@ -391,7 +391,13 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
 def _progress_bar(enabled: bool, config: RunConfig) -> Any:
     if not enabled:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeRemainingColumn(), transient=True)
