@@ -120,10 +120,7 @@ def find_parent_run(
             run = client.get_run(parent_run_id)
         except MlflowException as err:
             raise LookupError(f"{where}: no run with id {parent_run_id!r}") from err
-        if (
-            run.info.experiment_id != experiment.experiment_id
-            or run.data.tags.get(KIND_TAG) != "study"
-        ):
+        if run.info.experiment_id != experiment.experiment_id or run.data.tags.get(KIND_TAG) != "study":
             raise LookupError(f"{where}: run {parent_run_id!r} is not this study's parent run")
         return run
     parents = search_all_runs(client, experiment.experiment_id, f"tags.`{KIND_TAG}` = 'study'")

@@ -66,9 +66,7 @@ def levels(series: pd.Series, order: Sequence | None = None) -> list:
     if order is not None:
         return list(order)
     values = series.dropna().unique().tolist()
-    return sorted(
-        values, key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v))
-    )
+    return sorted(values, key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v)))
 
 
 def palette(values: Sequence) -> dict:

@@ -64,15 +64,9 @@ def pick_curve_metrics(frame: pd.DataFrame, objective: str | None) -> tuple[str 
         stem = objective.removeprefix("best_val_").removeprefix("test_").removeprefix("val_")
         if f"val_{stem}" in have:
             val = f"val_{stem}"
-    val = val or next(
-        (m for m in ("val_xent", "val_acc", "val_err", "val_loss") if m in have), None
-    )
+    val = val or next((m for m in ("val_xent", "val_acc", "val_err", "val_loss") if m in have), None)
     wanted = [val] if val else []
-    wanted += [
-        p
-        for p in ("grad_norm/", "alpha/", "spectral/", "spectral_bound/")
-        if metric_names(frame, p)
-    ]
+    wanted += [p for p in ("grad_norm/", "alpha/", "spectral/", "spectral_bound/") if metric_names(frame, p)]
     return val, wanted
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import re
 from collections.abc import Iterable, Sequence
 
 import pandas as pd
@@ -23,6 +22,14 @@ from analysis._mlflow import (
     open_experiment,
     read_json_artifact,
     search_all_runs,
+)
+from analysis._values import (
+    cast_strings,
+    int_or_none,
+    is_missing,
+    level_key,
+    plain_records,
+    sort_key,
 )
 
 __all__ = ["ID_COLUMNS", "load_curves", "load_runs", "metric_names", "missing_cells"]
@@ -38,7 +45,6 @@ _STUDY_TAGS = {
     "baseline": "labbench.baseline",
     "axes": "labbench.axes",
 }
-_INT = re.compile(r"[+-]?\d+")
 
 
 def load_runs(study: str, tracking_uri: str, *, parent_run_id: str | None = None) -> pd.DataFrame:
@@ -80,16 +86,13 @@ def load_runs(study: str, tracking_uri: str, *, parent_run_id: str | None = None
     parent = find_parent_run(client, experiment, study, tracking_uri, parent_run_id)
     parent_id = parent.info.run_id
     meta = _study_meta(parent, study, tracking_uri)
-    children = search_all_runs(
-        client, experiment.experiment_id, f"tags.{PARENT_TAG} = '{parent_id}'"
-    )
+    children = search_all_runs(client, experiment.experiment_id, f"tags.{PARENT_TAG} = '{parent_id}'")
     trials = [run for run in children if run.data.tags.get(KIND_TAG) == "trial"]
     records = [_identity(run) for run in trials]
     malformed = [rec["run_id"] for rec in records if rec["cell"] is None or rec["seed"] is None]
     if malformed:
         logger.warning(
-            "study %r: %d trial run(s) lack labbench.cell or an integer labbench.seed and are "
-            "ignored: %s",
+            "study %r: %d trial run(s) lack labbench.cell or an integer labbench.seed and are ignored: %s",
             study,
             len(malformed),
             ", ".join(malformed),
@@ -124,7 +127,7 @@ def load_runs(study: str, tracking_uri: str, *, parent_run_id: str | None = None
         "param_columns": param_columns,
         "metric_columns": metric_columns,
         "n_failed": int((excluded["status"] == "FAILED").sum()),
-        "excluded_runs": _records(excluded),
+        "excluded_runs": plain_records(excluded),
         "duplicates_dropped": len(dropped),
         "dropped_run_ids": dropped,
     }
@@ -152,20 +155,17 @@ def missing_cells(frame: pd.DataFrame) -> pd.DataFrame:
     """
     axes = frame.attrs.get("axes")
     if not axes:
-        raise ValueError(
-            "missing_cells: frame.attrs['axes'] is empty or absent (not a study frame)"
-        )
+        raise ValueError("missing_cells: frame.attrs['axes'] is empty or absent (not a study frame)")
     absent = [axis for axis in axes if axis not in frame.columns]
     if absent:
         raise ValueError(f"missing_cells: axis column(s) {absent} not in the frame")
     excluded = frame.attrs.get("excluded_runs") or []
     # a missing axis value (param "None") is a level of its own, keyed as None
-    configs = [tuple(_key(v) for v in row) for row in frame[axes].itertuples(index=False)]
+    configs = [tuple(level_key(v) for v in row) for row in frame[axes].itertuples(index=False)]
     levels = [
         sorted(
-            {c[i] for c in configs}
-            | {_key(r[axis]) for r in excluded if not _is_missing(r.get(axis))},
-            key=_sort_key,
+            {c[i] for c in configs} | {level_key(r[axis]) for r in excluded if not is_missing(r.get(axis))},
+            key=sort_key,
         )
         for i, axis in enumerate(axes)
     ]
@@ -173,8 +173,7 @@ def missing_cells(frame: pd.DataFrame) -> pd.DataFrame:
     present = {(*c, s) for c, s in zip(configs, frame["seed"], strict=True)}
     cell_of = dict(zip(configs, frame["cell"], strict=True))
     reason_of = {
-        (*(_key(rec.get(axis)) for axis in axes), rec["seed"]): rec["status"].lower()
-        for rec in excluded
+        (*(level_key(rec.get(axis)) for axis in axes), rec["seed"]): rec["status"].lower() for rec in excluded
     }
     rows = []
     for combo in itertools.product(*levels, seeds):
@@ -241,9 +240,7 @@ def load_curves(
         raise ValueError("load_curves: no tracking_uri given and the source frame has none")
     client = open_client(tracking_uri)
     if frame is not None:
-        columns = {
-            m: c for m, c in (frame.attrs.get("metric_columns") or {}).items() if c in frame.columns
-        }
+        columns = {m: c for m, c in (frame.attrs.get("metric_columns") or {}).items() if c in frame.columns}
         has = frame[list(columns.values())].notna().to_numpy()
         available = {
             run_id: {m for j, m in enumerate(columns) if has[i, j]}
@@ -307,17 +304,15 @@ def _identity(run: Run) -> dict:
         "run_id": run.info.run_id,
         "study": tags.get("labbench.study"),
         "cell": tags.get("labbench.cell"),
-        "seed": _int_or_none(tags.get("labbench.seed")),
-        "trial": _int_or_none(tags.get("labbench.trial")),
+        "seed": int_or_none(tags.get("labbench.seed")),
+        "trial": int_or_none(tags.get("labbench.trial")),
         "status": run.info.status,
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
     }
 
 
-def _typed_frame(
-    records: list[dict], runs: list[Run]
-) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
+def _typed_frame(records: list[dict], runs: list[Run]) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
     """Identity, typed param and float metric columns; also the param names and metric columns."""
     frame = pd.DataFrame(records, columns=list(ID_COLUMNS))
     frame["seed"] = frame["seed"].astype("int64")
@@ -327,15 +322,11 @@ def _typed_frame(
     for col in ("start_time", "end_time"):
         frame[col] = pd.to_datetime(frame[col], unit="ms", utc=True)
     param_names = sorted({k for run in runs for k in run.data.params} - set(ID_COLUMNS))
-    columns = {
-        name: cast_strings([run.data.params.get(name) for run in runs]) for name in param_names
-    }
+    columns = {name: cast_strings([run.data.params.get(name) for run in runs]) for name in param_names}
     for run, seed in zip(runs, frame["seed"], strict=True):
-        logged = _int_or_none(run.data.params.get("seed"))
+        logged = int_or_none(run.data.params.get("seed"))
         if logged is not None and logged != seed:
-            logger.warning(
-                "run %s: param seed=%s but tag labbench.seed=%s", run.info.run_id, logged, seed
-            )
+            logger.warning("run %s: param seed=%s but tag labbench.seed=%s", run.info.run_id, logged, seed)
     metric_cols = {}
     for name in sorted({k for run in runs for k in run.data.metrics}):
         column = f"metrics.{name}" if name in columns or name in ID_COLUMNS else name
@@ -346,41 +337,6 @@ def _typed_frame(
     if columns:
         frame = pd.concat([frame, pd.DataFrame(columns)], axis=1)
     return frame, param_names, metric_cols
-
-
-def cast_strings(values: Sequence[str | None]) -> pd.Series:
-    """Type one column of MLflow param strings as a whole (docs/mlflow-layout.md).
-
-    Int if every value is an integer literal, float if every value parses as a number, bool if
-    every value is ``True``/``False``, else string; ``None`` or ``"None"`` is missing.
-    """
-    present = [v for v in values if v is not None and v != "None"]
-    kinds = {_kind(v) for v in present}
-    missing = len(present) < len(values)
-    raw = [None if v is None or v == "None" else v for v in values]
-    if kinds and kinds <= {"int"}:
-        series = pd.Series([None if v is None else int(v) for v in raw], dtype="Int64")
-        return series if missing else series.astype("int64")
-    if kinds and kinds <= {"int", "float"}:
-        return pd.Series([float("nan") if v is None else float(v) for v in raw], dtype="float64")
-    if kinds == {"bool"}:
-        series = pd.Series([None if v is None else v == "True" for v in raw], dtype="boolean")
-        return series if missing else series.astype("bool")
-    return pd.Series(raw, dtype="str")
-
-
-def _kind(value: str) -> str:
-    if _INT.fullmatch(value.strip()):
-        return "int"
-    try:
-        float(value)
-    except ValueError:
-        return "bool" if value in ("True", "False") else "str"
-    return "float"
-
-
-def _int_or_none(value: str | None) -> int | None:
-    return int(value) if value is not None and _INT.fullmatch(value.strip()) else None
 
 
 def _drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -399,34 +355,6 @@ def _study_seeds(client, parent_id: str, frame: pd.DataFrame) -> tuple[list[int]
             if isinstance(holder, dict) and isinstance(holder.get("seeds"), list):
                 return [int(s) for s in holder["seeds"]], "study.json"
     return sorted(int(s) for s in frame["seed"].unique()), "observed"
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    """Plain-Python dicts (missing -> None) for attrs."""
-    out = []
-    for row in frame.to_dict("records"):
-        out.append({k: (None if _is_missing(v) else _plain(v)) for k, v in row.items()})
-    return out
-
-
-def _is_missing(value) -> bool:
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value
-
-
-def _sort_key(value):
-    return (0, value, "") if isinstance(value, int | float) else (1, 0, str(value))
-
-
-def _key(value):
-    """A hashable level: missing values (None, NaN, NA) become None."""
-    return None if _is_missing(value) else _plain(value)
 
 
 def _expand(names: list[str], every: set[str], tracking_uri: str) -> list[str]:

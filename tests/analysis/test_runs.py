@@ -10,7 +10,8 @@ from conftest import EPOCHS, LAYERS, cell_id
 from mlflow.tracking import MlflowClient
 
 from analysis import load_curves, load_runs, metric_names, missing_cells
-from analysis.runs import ID_COLUMNS, cast_strings
+from analysis._values import cast_strings
+from analysis.runs import ID_COLUMNS
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,247 @@
+"""Figures of per-epoch curves: learning curves, gradient norms, alpha, spectral norms.
+
+Re-exported by :mod:`analysis.plots`; the conventions there hold (columns checked first, Figures
+made without pyplot, colour-blind-safe palette, 95% bootstrap CI bands, legends outside).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from analysis._plotstyle import figure_legend, label, levels, new_figure, palette, require
+
+__all__ = ["alpha_trajectories", "grad_norm_curves", "learning_curves", "spectral_norm_curves"]
+
+_CI = ("ci", 95)
+_CURVE_COLUMNS = ("run_id", "metric", "step", "value")
+
+
+def learning_curves(
+    curves: pd.DataFrame,
+    metric: str,
+    hue: str = "method",
+    *,
+    hue_order: Sequence | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Figure:
+    """``metric`` against epoch, one line per ``hue`` level: mean over runs with a 95% CI band.
+
+    Args:
+        curves: a :func:`analysis.load_curves` frame holding ``metric``.
+        metric: e.g. ``val_xent``.
+        hue: the column drawn as colours.
+        hue_order: its levels (default: sorted levels of the whole ``curves`` frame, so colours
+            agree between figures drawn from one frame).
+
+    Raises:
+        ValueError: a needed column is missing, or ``metric`` has no rows.
+    """
+    require(curves, [*_CURVE_COLUMNS, hue], "learning_curves")
+    data = curves[curves["metric"] == metric]
+    if data.empty:
+        raise ValueError(f"learning_curves: no rows for metric {metric!r}")
+    hues = [h for h in levels(curves[hue], hue_order) if h in set(data[hue])]
+    colours = palette(levels(curves[hue], hue_order))
+    fig, (ax,) = new_figure(1, panel_w=6.0, panel_h=4.2)
+    sns.lineplot(
+        data=data,
+        x="step",
+        y="value",
+        hue=hue,
+        hue_order=hues,
+        palette=colours,
+        errorbar=_CI,
+        n_boot=n_boot,
+        seed=seed,
+        marker="o",
+        ax=ax,
+        legend=False,
+    )
+    _epoch_axis(ax)
+    ax.set_ylabel(label(metric) + ", mean and 95% CI")
+    ax.set_title(f"Learning curves: {metric}")
+    figure_legend(fig, {h: colours[h] for h in hues}, hue)
+    return fig
+
+
+def grad_norm_curves(
+    curves: pd.DataFrame,
+    hue: str = "method",
+    *,
+    hue_order: Sequence | None = None,
+    max_panels: int = 9,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Figure:
+    """Gradient norm (``grad_norm/<layer>``) per epoch, one panel per layer, log scale.
+
+    Raises:
+        ValueError: a needed column is missing or no ``grad_norm/`` metric is present.
+    """
+    return _layer_panels(
+        curves,
+        "grad_norm/",
+        hue,
+        "grad_norm_curves",
+        "Gradient norm per layer (before clipping)",
+        log=True,
+        hue_order=hue_order,
+        max_panels=max_panels,
+        n_boot=n_boot,
+        seed=seed,
+    )
+
+
+def alpha_trajectories(
+    curves: pd.DataFrame,
+    hue: str = "method",
+    *,
+    hue_order: Sequence | None = None,
+    max_panels: int = 9,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Figure:
+    """The scale alpha (``alpha/<layer>``) per epoch, one panel per layer.
+
+    Raises:
+        ValueError: a needed column is missing or no ``alpha/`` metric is present.
+    """
+    return _layer_panels(
+        curves,
+        "alpha/",
+        hue,
+        "alpha_trajectories",
+        "Scale alpha per layer",
+        log=False,
+        hue_order=hue_order,
+        max_panels=max_panels,
+        n_boot=n_boot,
+        seed=seed,
+    )
+
+
+def spectral_norm_curves(
+    curves: pd.DataFrame,
+    hue: str = "method",
+    *,
+    hue_order: Sequence | None = None,
+    max_panels: int = 8,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Figure:
+    """Spectral norm of each quantized recurrent gate block per epoch, with its lower bound.
+
+    Solid lines (95% CI band) are ``spectral/<layer>.<gate>``; dashed lines of the same colour are
+    the mean ``spectral_bound/<layer>.<gate>`` = alpha * sqrt(H), Proposition 3.2's lower bound for
+    alpha times an H x H matrix of +-1.
+
+    Raises:
+        ValueError: a needed column is missing, no ``spectral/`` metric is present, or a spectral
+            metric has no matching ``spectral_bound/`` metric.
+    """
+    where = "spectral_norm_curves"
+    require(curves, [*_CURVE_COLUMNS, hue], where)
+    names = sorted(m for m in curves["metric"].unique() if m.startswith("spectral/"))
+    if not names:
+        raise ValueError(f"{where}: no 'spectral/' metric in the curves")
+    bounds = set(curves["metric"].unique())
+    lacking = [m for m in names if "spectral_bound/" + m.removeprefix("spectral/") not in bounds]
+    if lacking:
+        raise ValueError(f"{where}: no spectral_bound/ metric for {lacking}")
+    names = names[:max_panels]
+    colours = palette(levels(curves[hue], hue_order))
+    hues = [h for h in colours if h in set(curves.loc[curves["metric"].isin(names), hue])]
+    fig, axes = new_figure(len(names), panel_w=4.2, panel_h=3.2, ncols=4)
+    for ax, name in zip(axes, names, strict=True):
+        matrix = name.removeprefix("spectral/")
+        data = curves[curves["metric"] == name]
+        sns.lineplot(
+            data=data,
+            x="step",
+            y="value",
+            hue=hue,
+            hue_order=hues,
+            palette=colours,
+            errorbar=_CI,
+            n_boot=n_boot,
+            seed=seed,
+            ax=ax,
+            legend=False,
+        )
+        bound = curves[curves["metric"] == "spectral_bound/" + matrix]
+        for level, part in bound.groupby(hue, sort=True):
+            mean = part.groupby("step")["value"].mean()
+            ax.plot(mean.index, mean.to_numpy(), linestyle="--", color=colours[level])
+        ax.set_title(matrix, fontsize="medium")
+        _epoch_axis(ax)
+        ax.set_ylabel("largest singular value")
+    fig.suptitle("Spectral norm of quantized recurrent matrices and the bound alpha*sqrt(H)")
+    extra = [
+        Line2D([], [], color="0.3", label="spectral norm (mean, 95% CI)"),
+        Line2D([], [], color="0.3", linestyle="--", label="bound alpha*sqrt(H) (Prop. 3.2)"),
+    ]
+    figure_legend(fig, {h: colours[h] for h in hues}, hue, extra)
+    return fig
+
+
+def _layer_panels(
+    curves: pd.DataFrame,
+    prefix: str,
+    hue: str,
+    where: str,
+    title: str,
+    *,
+    log: bool,
+    hue_order: Sequence | None,
+    max_panels: int,
+    n_boot: int,
+    seed: int,
+) -> Figure:
+    """One panel per ``<prefix><layer>`` metric, lines per ``hue`` with 95% CI bands."""
+    require(curves, [*_CURVE_COLUMNS, hue], where)
+    names = sorted(m for m in curves["metric"].unique() if m.startswith(prefix))
+    if not names:
+        raise ValueError(f"{where}: no {prefix!r} metric in the curves")
+    shown = names[:max_panels]
+    colours = palette(levels(curves[hue], hue_order))
+    hues = [h for h in colours if h in set(curves.loc[curves["metric"].isin(shown), hue])]
+    fig, axes = new_figure(len(shown), panel_w=4.2, panel_h=3.2)
+    for ax, name in zip(axes, shown, strict=True):
+        data = curves[curves["metric"] == name]
+        sns.lineplot(
+            data=data,
+            x="step",
+            y="value",
+            hue=hue,
+            hue_order=hues,
+            palette=colours,
+            errorbar=_CI,
+            n_boot=n_boot,
+            seed=seed,
+            marker="o",
+            ax=ax,
+            legend=False,
+        )
+        if log and np.all(data["value"] > 0):
+            ax.set_yscale("log")
+        ax.set_title(name.removeprefix(prefix), fontsize="medium")
+        _epoch_axis(ax)
+        ax.set_ylabel(label(name).replace(name, prefix.rstrip("/")))
+    more = f" (first {len(shown)} of {len(names)} layers)" if len(names) > len(shown) else ""
+    fig.suptitle(title + more)
+    figure_legend(fig, {h: colours[h] for h in hues}, hue)
+    return fig
+
+
+def _epoch_axis(ax) -> None:
+    """Label the x axis as epochs, with whole-number ticks."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
