@@ -10,6 +10,8 @@ import json
 import logging
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from mlflow.entities import Experiment, Run, ViewType
 from mlflow.exceptions import MlflowException
@@ -151,10 +153,28 @@ def read_json_artifact(client: MlflowClient, run_id: str, name: str) -> dict | l
         return None
     if name not in listed:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(run_id, name, dst_path=tmp)
-        text = Path(local).read_text(encoding="utf-8")
+    local_root = _local_artifact_root(client.get_run(run_id).info.artifact_uri)
+    if local_root is not None:  # read in place: no copy, and no MLflow download progress bar
+        text = (local_root / name).read_text(encoding="utf-8")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = client.download_artifacts(run_id, name, dst_path=tmp)
+            text = Path(local).read_text(encoding="utf-8")
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"run {run_id}: artifact {name} is not valid JSON ({err})") from err
+
+
+def _local_artifact_root(artifact_uri: str | None) -> Path | None:
+    """The folder of a run's artifacts when they live on this file system, else None."""
+    if not artifact_uri:
+        return None
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        path = Path(url2pathname(parsed.path))
+    elif parsed.scheme == "":
+        path = Path(artifact_uri)
+    else:
+        return None
+    return path if path.is_dir() else None
