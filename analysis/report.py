@@ -103,7 +103,8 @@ def _study_data(frame: pd.DataFrame, n_boot: int, seed: int) -> figs.StudyData:
     column = (attrs.get("metric_columns") or {}).get(objective) if objective else None
     axes = [a for a in attrs.get("axes") or [] if a in frame.columns]
     baseline = dict(attrs.get("baseline") or {})
-    hue = "method" if "method" in axes else next(iter(baseline), axes[0] if axes else None)
+    hue = "method" if "method" in axes else next((k for k in baseline if k in axes), None)
+    hue = hue or (axes[0] if axes else None)
     hue_order = []
     if hue is not None:
         seen = sorted(frame[hue].dropna().unique().tolist(), key=str)
@@ -167,7 +168,10 @@ def _missing_section(frame: pd.DataFrame) -> list:
     blocks: list = [Heading("Missing cells")]
     if not frame.attrs.get("axes"):
         return [*blocks, Text("The study has no axes tag: missing cells cannot be listed.", True)]
-    missing = missing_cells(frame)
+    try:
+        missing = missing_cells(frame)
+    except ValueError as err:
+        return [*blocks, Text(f"Missing cells cannot be listed: {err}.", note=True)]
     if missing.empty:
         return [*blocks, Text("None: every cell ran with every seed.")]
     blocks.append(

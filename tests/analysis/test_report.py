@@ -111,3 +111,16 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     pixels = mpimg.imread(shot)[..., :3]
     assert pixels.shape[:2] == (2000, 1280)
     assert pixels.var() > 0.005, "the screenshot looks blank"
+
+
+def test_report_of_a_study_with_no_finished_run(study_root, tmp_path):
+    # a launched study whose trials have not finished: every section says why it is empty
+    client = MlflowClient(tracking_uri=f"sqlite:///{study_root / 'mlflow.db'}")
+    exp = client.create_experiment("launched", artifact_location=(tmp_path / "art").as_uri())
+    client.create_run(exp, tags={"labbench.kind": "study", "labbench.axes": '["method"]',
+                                 "labbench.baseline": '{"method": "fp"}'})  # fmt: skip
+    files = build_report("launched", f"sqlite:///{study_root / 'mlflow.db'}", tmp_path / "out")
+    md = files.markdown.read_text(encoding="utf-8")
+    assert files.figures == ()
+    assert "No degradation table" in md and "No ANOVA" in md
+    assert md.count("not drawn (") == 7
