@@ -152,6 +152,15 @@ def test_channel_is_tensor_granularity_per_row(bits, levels, with_init):
         torch.testing.assert_close(w_hat[i] / alpha[i], row_hat / row_alpha, rtol=1e-6, atol=0)
 
 
+def test_rows_stop_on_their_own():
+    # With a coarse tol the rows converge after different numbers of iterations; each must stop
+    # where it would stop alone, not keep iterating until the slowest row is done.
+    w, d = random_problem((12, 30), seed=22)
+    _, alpha = prox_mbit(w, d, bits=3, granularity="channel", tol=0.05)
+    rows = torch.stack([prox_mbit(w[i], d[i], bits=3, tol=0.05)[1] for i in range(12)])
+    torch.testing.assert_close(alpha, rows, rtol=SCALE_RTOL, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("levels", LEVELS)
 def test_half_precision_matches_float32_of_the_same_values(dtype, levels):

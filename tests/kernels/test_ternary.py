@@ -70,6 +70,10 @@ def test_approx_iterations_by_hand():
     init = torch.tensor([1.0, 1.0, 1.0, 0.0])
     _, alpha, _ = prox_ternary(w, solver="approx", init=init, max_iter=1)
     assert float(alpha) == pytest.approx(2.2 / 3, rel=1e-7)
+    # The threshold is strict: |w| = alpha/2 exactly maps to 0 (init [1, 0, 0, 0]: alpha = 1).
+    w_hat, _, _ = prox_ternary(torch.tensor([1.0, -0.5, 0.1, 0.0]), solver="approx",
+                               init=torch.tensor([1.0, 0.0, 0.0, 0.0]), max_iter=1)
+    assert torch.equal(w_hat, torch.tensor([1.0, 0.0, 0.0, 0.0]))
     # An all-zero start falls back to alpha = max|w| = 1.
     w_hat, alpha, _ = prox_ternary(w, solver="approx", init=torch.zeros(4), max_iter=1)
     assert float(alpha) == 1.0 and torch.equal(w_hat, torch.tensor([1.0, -1.0, 0.0, 0.0]))
@@ -81,6 +85,18 @@ def test_approx_stops_when_alpha_settles():
     stopped = prox_ternary(w, d, solver="approx", max_iter=50, tol=float("inf"))
     two = prox_ternary(w, d, solver="approx", max_iter=2, tol=0.0)
     assert all(torch.equal(a, b) for a, b in zip(stopped, two, strict=True))
+
+
+def test_twn_by_hand():
+    # mean|w| = 0.4, delta = 0.28: S = {1.0, -0.281} (0.281 just above delta), alpha = 0.6405 with
+    # d = None, and (1.0 + 3 * 0.281) / 4 = 0.46075 with d = [1, 3, 1, 1].
+    w = torch.tensor([1.0, -0.281, 0.2, 0.119])
+    w_hat, alpha, delta = prox_ternary(w, solver="twn")
+    assert float(delta) == pytest.approx(0.28, rel=1e-6)
+    assert float(alpha) == pytest.approx(0.6405, rel=1e-6)
+    assert torch.equal(torch.sign(w_hat), torch.tensor([1.0, -1.0, 0.0, 0.0]))
+    _, alpha, _ = prox_ternary(w, torch.tensor([1.0, 3.0, 1.0, 1.0]), solver="twn")
+    assert float(alpha) == pytest.approx(0.46075, rel=1e-6)
 
 
 @given(problems(max_size=64))
@@ -116,6 +132,15 @@ def test_channel_is_tensor_granularity_per_row(solver, shape, curvature):
         assert torch.equal(torch.sign(w_hat[i]), torch.sign(row[0]))
         torch.testing.assert_close(alpha[i], row[1], rtol=SCALE_RTOL, atol=0)
         torch.testing.assert_close(delta[i], row[2], rtol=SCALE_RTOL, atol=0)
+
+
+def test_approx_rows_stop_on_their_own():
+    # With a coarse tol the rows converge after different numbers of iterations; each must stop
+    # where it would stop alone, not keep iterating until the slowest row is done.
+    w, d = random_problem((12, 30), seed=21)
+    _, alpha, _ = prox_ternary(w, d, solver="approx", granularity="channel", tol=0.05)
+    rows = torch.stack([prox_ternary(w[i], d[i], solver="approx", tol=0.05)[1] for i in range(12)])
+    torch.testing.assert_close(alpha, rows, rtol=SCALE_RTOL, atol=0)
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
