@@ -26,9 +26,7 @@ BOOT = 200  # CI resamples: enough to draw a band, cheap enough for the suite
 @pytest.fixture(scope="module")
 def data(fake_study):
     frame = load_runs(fake_study.name, fake_study.tracking_uri)
-    curves = load_curves(
-        frame, ["val_xent", "grad_norm/", "alpha/", "spectral/", "spectral_bound/"]
-    )
+    curves = load_curves(frame, ["val_xent", "grad_norm/", "alpha/", "spectral/", "spectral_bound/"])
     return {"frame": frame, "curves": curves, "degradation": degradation(frame)}
 
 
@@ -100,9 +98,7 @@ def test_same_level_same_colour_across_figures(data):
     order = ["fp", "bc", "lab"]
     a = learning_curves(data["curves"], "val_xent", hue_order=order, n_boot=BOOT)
     b = spectral_norm_curves(data["curves"], hue_order=order, n_boot=BOOT)  # no fp here
-    colour = {
-        fig: {h.get_label(): h.get_color() for h in fig.legends[0].legend_handles} for fig in (a, b)
-    }
+    colour = {fig: {h.get_label(): h.get_color() for h in fig.legends[0].legend_handles} for fig in (a, b)}
     assert colour[a]["lab"] == colour[b]["lab"] and colour[a]["bc"] == colour[b]["bc"]
 
 

@@ -6,7 +6,7 @@ import logging
 
 import pandas as pd
 import pytest
-from conftest import EPOCHS, LAYERS, cell_id
+from fakestudy import EPOCHS, LAYERS, cell_id
 from mlflow.tracking import MlflowClient
 
 from analysis import load_curves, load_runs, metric_names, missing_cells
@@ -118,9 +118,7 @@ def test_load_curves_from_a_frame(frame):
 def test_load_curves_prefix_only_where_present(frame):
     curves = load_curves(frame, "alpha/")
     assert set(curves["method"]) == {"bc", "lab"}  # fp logs no alpha
-    assert metric_names(frame, "spectral_bound/") == [
-        f"spectral_bound/lstm.0.w_hh.{g}" for g in "fgio"
-    ]
+    assert metric_names(frame, "spectral_bound/") == [f"spectral_bound/lstm.0.w_hh.{g}" for g in "fgio"]
 
 
 def test_load_curves_from_run_ids(frame, fake_study):
