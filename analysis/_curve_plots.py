@@ -40,6 +40,10 @@ def learning_curves(
         hue: the column drawn as colours.
         hue_order: its levels (default: sorted levels of the whole ``curves`` frame, so colours
             agree between figures drawn from one frame).
+        n_boot, seed: the CI band's bootstrap resamples and seed.
+
+    Returns:
+        The Figure.
 
     Raises:
         ValueError: a needed column is missing, or ``metric`` has no rows.
@@ -83,6 +87,15 @@ def grad_norm_curves(
 ) -> Figure:
     """Gradient norm (``grad_norm/<layer>``) per epoch, one panel per layer, log scale.
 
+    Args:
+        curves: a :func:`analysis.load_curves` frame holding ``grad_norm/`` metrics.
+        hue, hue_order: the column drawn as colours and its levels (as in learning_curves).
+        max_panels: draw at most this many layers (the first ones by name).
+        n_boot, seed: the CI bands' bootstrap resamples and seed.
+
+    Returns:
+        The Figure.
+
     Raises:
         ValueError: a needed column is missing or no ``grad_norm/`` metric is present.
     """
@@ -110,6 +123,15 @@ def alpha_trajectories(
     seed: int = 0,
 ) -> Figure:
     """The scale alpha (``alpha/<layer>``) per epoch, one panel per layer.
+
+    Args:
+        curves: a :func:`analysis.load_curves` frame holding ``alpha/`` metrics.
+        hue, hue_order: the column drawn as colours and its levels (as in learning_curves).
+        max_panels: draw at most this many layers (the first ones by name).
+        n_boot, seed: the CI bands' bootstrap resamples and seed.
+
+    Returns:
+        The Figure.
 
     Raises:
         ValueError: a needed column is missing or no ``alpha/`` metric is present.
@@ -142,6 +164,16 @@ def spectral_norm_curves(
     Solid lines (95% CI band) are ``spectral/<layer>.<gate>``; dashed lines of the same colour are
     the mean ``spectral_bound/<layer>.<gate>`` = alpha * sqrt(H), Proposition 3.2's lower bound for
     alpha times an H x H matrix of +-1.
+
+    Args:
+        curves: a :func:`analysis.load_curves` frame holding ``spectral/`` and
+            ``spectral_bound/`` metrics.
+        hue, hue_order: the column drawn as colours and its levels (as in learning_curves).
+        max_panels: draw at most this many matrices (the first ones by name).
+        n_boot, seed: the CI bands' bootstrap resamples and seed.
+
+    Returns:
+        The Figure.
 
     Raises:
         ValueError: a needed column is missing, no ``spectral/`` metric is present, or a spectral

@@ -171,6 +171,9 @@ def pareto_plot(
         by: the configuration columns; default ``frame.attrs["axes"]`` (or ``[hue]``).
         hue_order: the levels of ``hue`` (default sorted), which fixes their colours.
 
+    Returns:
+        The Figure.
+
     Raises:
         ValueError: a needed column is missing, the direction is unknown, or no run has both values.
     """

@@ -197,7 +197,12 @@ def missing_cells(frame: pd.DataFrame) -> pd.DataFrame:
 def metric_names(frame: pd.DataFrame, prefix: str = "") -> list[str]:
     """Sorted metric names of a :func:`load_runs` frame that start with ``prefix``.
 
-    Only metrics that at least one row has a value for are listed.
+    Args:
+        frame: a frame from :func:`load_runs`.
+        prefix: e.g. ``"grad_norm/"``; empty for all.
+
+    Returns:
+        The names (not the column names) of the metrics at least one row has a value for.
     """
     columns = frame.attrs.get("metric_columns") or {}
     return sorted(
