@@ -11,10 +11,14 @@ import base64
 import html
 import math
 import numbers
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+_NUMBER = r"[-+]?\d*\.?\d+(?:e[-+]?\d+)?"
+_NUMERIC = re.compile(rf"—|< ?{_NUMBER}|{_NUMBER}(?: to {_NUMBER})?")
 
 __all__ = [
     "Heading",
@@ -61,7 +65,7 @@ h2 { margin-top: 2.2rem; border-bottom: 1px solid #ccc; padding-bottom: .2rem; }
 table { border-collapse: collapse; margin: .8rem 0 1.2rem; font-size: .9rem; }
 th, td { border: 1px solid #bbb; padding: .25rem .6rem; text-align: right; }
 th { background: #eef3f8; }
-td:first-child, th:first-child { text-align: left; }
+td:first-child, th:first-child, td.text { text-align: left; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: .3rem; }
 figure { margin: 1.2rem 0 2rem; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e2e2e2; }
@@ -150,8 +154,14 @@ def _html_table(frame: pd.DataFrame, caption: str) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(str(c))}</th>" for c in frame.columns)
     rows = "".join(
-        "<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>"
+        "<tr>" + "".join(_html_cell(str(v)) for v in row) + "</tr>"
         for row in frame.itertuples(index=False)
     )
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _html_cell(text: str) -> str:
+    """A table cell: numbers (and ranges, p-values, dashes) right-aligned, text left-aligned."""
+    cls = "" if _NUMERIC.fullmatch(text) else ' class="text"'
+    return f"<td{cls}>{html.escape(text)}</td>"
