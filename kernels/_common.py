@@ -125,6 +125,8 @@ def alternate(b0: torch.Tensor, scale_of: Callable[[torch.Tensor], torch.Tensor]
     order (algorithms.md 3.2 and 3.4), so the result's b is the best pattern for its alpha. A group
     stops once its alpha moved by less than ``tol`` in one iteration and is frozen from then on,
     so each row of a ``(G, n)`` problem follows exactly the iterates it would follow alone.
+    ``max_iter`` counts scale updates including the first; the reference computes one scale
+    before its 10-step loop, so its ``n_steps=10`` corresponds to ``max_iter=11`` here.
 
     Args:
         b0: ``(G, n)`` float32 starting levels.
