@@ -154,8 +154,7 @@ def _html_table(frame: pd.DataFrame, caption: str) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(str(c))}</th>" for c in frame.columns)
     rows = "".join(
-        "<tr>" + "".join(_html_cell(str(v)) for v in row) + "</tr>"
-        for row in frame.itertuples(index=False)
+        "<tr>" + "".join(_html_cell(str(v)) for v in row) + "</tr>" for row in frame.itertuples(index=False)
     )
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
