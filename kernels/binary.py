@@ -22,7 +22,6 @@ from ._common import (
     check_choice,
     check_like,
     check_weight,
-    curvature,
     empty_scales,
     groups,
     scale_shape,
@@ -37,11 +36,15 @@ def _prox_binary_torch(w: torch.Tensor, d: torch.Tensor | None,
                        granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference implementation of `prox_binary` for a validated, non-empty ``w``."""
     w32 = groups(w, granularity)  # (G, n) float32
-    d32 = curvature(d, w32, granularity)  # (G, n) float32
     # Both sums accumulate in float32 whatever w's dtype (w32 is float32).
-    alpha = (d32 * w32.abs()).sum(dim=1) / d32.sum(dim=1).clamp_min(TINY)  # (G,)
-    b = torch.where(w32 >= 0, 1.0, -1.0)  # (G, n); -0.0 >= 0 holds, so sign(-0) = +1 too
-    w_hat = (alpha[:, None] * b).to(w.dtype).reshape(w.shape)
+    if d is None:  # BWN: alpha = mean|w|
+        alpha = w32.abs().mean(dim=1)  # (G,)
+    else:
+        d32 = groups(d, granularity)  # (G, n) float32
+        alpha = torch.linalg.vecdot(d32, w32.abs()) / d32.sum(dim=1).clamp_min(TINY)  # (G,)
+    # b = sign(w) with sign(0) = +1. copysign reads the sign bit, so -0.0 is first made +0.0
+    # (x + 0.0); on CPU this is several times faster than where(w >= 0, 1, -1).
+    w_hat = torch.copysign(alpha[:, None], w32 + 0.0).to(w.dtype).reshape(w.shape)
     return w_hat, scale_shape(alpha, granularity)
 
 

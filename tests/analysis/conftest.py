@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fakestudy import FakeStudy, write_fake_study
+
+from tests.analysis.fakestudy import FakeStudy, write_fake_study
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,12 @@ import logging
 
 import pandas as pd
 import pytest
-from fakestudy import EPOCHS, LAYERS, cell_id
 from mlflow.tracking import MlflowClient
 
 from analysis import load_curves, load_runs, metric_names, missing_cells
 from analysis._values import cast_strings
 from analysis.runs import ID_COLUMNS
+from tests.analysis.fakestudy import EPOCHS, LAYERS, cell_id
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,11 @@
 
 import pytest
 import torch
-from _truth import (
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kernels import prox_binary
+from tests.kernels._truth import (
     assert_attains,
     brute_force_min,
     objective,
@@ -10,10 +14,6 @@ from _truth import (
     problems,
     random_problem,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-
-from kernels import prox_binary
 
 # Objectives, relative to sum d*w^2: the float32 alpha carries ~n*2^-24 relative error and the
 # objective is quadratic around the best alpha, so it moves by far less than 1e-6 of sum d*w^2.

@@ -4,7 +4,12 @@ import itertools
 
 import pytest
 import torch
-from _truth import (
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kernels import LEVELS, prox_mbit, prox_ternary
+from kernels.mbit import _quantize
+from tests.kernels._truth import (
     assert_attains,
     brute_force_min,
     objective,
@@ -12,11 +17,6 @@ from _truth import (
     random_problem,
     scale,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-
-from kernels import LEVELS, prox_mbit, prox_ternary
-from kernels.mbit import _quantize
 
 # Objectives, relative to sum d*w^2: float32 scales and float32 comparisons against level
 # midpoints may pick the other of two levels within ~2^-24 relative of a midpoint, which moves the

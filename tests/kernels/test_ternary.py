@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from _truth import assert_attains, brute_force_min, objective, problems, random_problem, scale
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kernels import SOLVERS, prox_ternary
+from tests.kernels._truth import assert_attains, brute_force_min, objective, problems, random_problem, scale
 
 TERNARY = (-1.0, 0.0, 1.0)
 # Objectives, relative to sum d*w^2. The exact solver ranks candidates by float32 cumulative sums
