@@ -147,7 +147,9 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 # Subcommands of the packages above bench: (module, function, help); imported on use.
-EXTERNAL: dict[str, tuple[str, str, str]] = {}
+EXTERNAL: dict[str, tuple[str, str, str]] = {
+    "kernels-bench": ("kernels.bench", "main", "time the proximal-step kernels: eager, compile, Triton"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
