@@ -129,9 +129,9 @@ def _print_summary(config: RunConfig, metrics: dict[str, float], uri: str | None
         console.print("[yellow]the loss became NaN/inf: the run stopped early (diverged=1)[/]")
     if where:
         experiment, run_id = where
-        console.print(f"recorded: experiment [bold]{experiment}[/], run {run_id}\n  in {uri}")
+        print(f"recorded: experiment {experiment}, run {run_id}\n  in {uri}")
         if uri.startswith("sqlite:"):
-            console.print(f"browse:   mlflow ui --backend-store-uri {uri}")
+            print(f"browse:   mlflow ui --backend-store-uri {uri}")
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
@@ -149,6 +149,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
 # Subcommands of the packages above bench: (module, function, help); imported on use.
 EXTERNAL: dict[str, tuple[str, str, str]] = {
     "kernels-bench": ("kernels.bench", "main", "time the proximal-step kernels: eager, compile, Triton"),
+    "report": ("analysis.cli", "main", "statistics, figures and an HTML report of a study"),
 }
 
 
