@@ -49,7 +49,7 @@ LEVELS = ("linear", "log")
 DEVICES = ("auto", "cpu", "cuda")
 SHAPE_FIELDS = ("hidden", "layers", "width", "seq_len")
 DTYPES = ("float32", "bfloat16", "float16")
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "compile")
 
 # Per-model defaults, following the paper's setups (algorithms.md section 5.1) where it has one.
 # Keys absent from a model's entry do not apply to that model and must be left unset.
@@ -139,7 +139,7 @@ class RunConfig:
     granularity: str | None = None  # scaled methods: "tensor" | "channel" | "gate" (LSTM only)
     layer_methods: str | None = None  # mixed: "PATTERN=METHOD[:BITS[:LEVELS]];..." first match wins
     ttq_threshold: float | None = None  # ttq: delta = t * max|w|, default 0.05
-    backend: str = "auto"  # proximal-step kernels: "auto" | "torch" | "triton"
+    backend: str = "auto"  # prox kernels: auto (Triton on CUDA) | torch | triton | compile (CPU fast path)
     # optimisation
     optimizer: str = "adam"
     lr: float | None = None

@@ -39,6 +39,22 @@ __all__ = ["EPS_D", "QuantOptimizer", "QuantTarget"]
 EPS_D = 1e-8  # d = sqrt(v) + EPS_D, as in the reference code
 
 
+def clip_and_binarize(latent: torch.Tensor, v: torch.Tensor | None, granularity: str,
+                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip a latent weight to [-1, 1] in place, then LAB's closed form with d = sqrt(v) + 1e-8
+    (BWN's when v is None). Tensors only, so `torch.compile` can fuse it into two passes."""
+    latent.clamp_(-1.0, 1.0)
+    d = None if v is None else v.sqrt() + EPS_D
+    return prox_binary(latent, d, granularity=granularity, backend=backend)
+
+
+def clip_and_sign(latent: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Clip a latent weight to [-1, 1] in place, then scale * sign(w) with sign(0) = +1
+    (copysign reads the sign bit, so -0.0 is made +0.0 first)."""
+    latent.clamp_(-1.0, 1.0)
+    return torch.copysign(scale, latent + 0.0)
+
+
 @dataclass
 class QuantTarget:
     """One quantized weight and how to quantize it.
@@ -87,6 +103,9 @@ class QuantOptimizer:
             saving a weight-sized buffer; ``"own"`` always keeps its own EMA of g^2.
         ttq_threshold: TTQ's t in delta = t * max|w|.
         backend: `kernels` backend for the proximal operators.
+        compile: run the clip + binarize step of binary methods (bc, bc-scaled, bwn, lab, ...)
+            through `torch.compile` (two fused passes instead of about ten; the first step of a new
+            shape compiles, several seconds). Ternary and m-bit solvers stay eager.
 
     Raises:
         ValueError: an unknown method/granularity, or ``gate`` granularity without ``gates``.
@@ -95,11 +114,15 @@ class QuantOptimizer:
     def __init__(self, params: Iterable[Any], base: torch.optim.Optimizer,
                  method: str | LayerSpec = "lab", *, granularity: str = "tensor",
                  bits: int | None = None, levels: str | None = None, beta2: float | None = None,
-                 curvature: str = "auto", ttq_threshold: float = 0.05, backend: str = "auto"):
+                 curvature: str = "auto", ttq_threshold: float = 0.05, backend: str = "auto",
+                 compile: bool = False):
         if curvature not in ("auto", "own"):
             raise ValueError(f"curvature: expected 'auto' or 'own', got {curvature!r}")
         self.base = base
         self.backend = backend
+        self._binarize = torch.compile(clip_and_binarize, dynamic=True) if compile \
+            else clip_and_binarize
+        self._sign = torch.compile(clip_and_sign, dynamic=True) if compile else clip_and_sign
         self.ttq_threshold = ttq_threshold
         default_spec = method if isinstance(method, LayerSpec) else LayerSpec(
             get_method(method), bits if bits is not None else 3, levels or "linear")
@@ -164,7 +187,6 @@ class QuantOptimizer:
     def _init_target(self, t: QuantTarget) -> None:
         p = t.param
         latent = p.detach().clone()
-        latent.clamp_(-1, 1)
         t.state["latent"] = latent
         if not self._shared_v and t.spec.method.curvature:
             t.state["v"] = torch.zeros_like(latent, dtype=torch.float32)
@@ -181,17 +203,16 @@ class QuantOptimizer:
         p.data = w_hat
 
     # --- the proximal step ----------------------------------------------------------------
-    def _d(self, t: QuantTarget) -> torch.Tensor | None:
-        """d = sqrt(v) + 1e-8 from the previous step's second moment (None if not loss-aware)."""
+    def _v(self, t: QuantTarget) -> torch.Tensor | None:
+        """The previous step's second moment v behind d (None if the method is not loss-aware)."""
         if not t.spec.method.curvature:
             return None
         if self._shared_v:
             v = self.base.state.get(t.param, {}).get("exp_avg_sq")
             if v is None:  # before the first step v = 0, so d = 1e-8 everywhere
-                return torch.full_like(t.state["latent"], EPS_D, dtype=torch.float32)
-        else:
-            v = t.state["v"]
-        return v.sqrt().add_(EPS_D)
+                return torch.zeros_like(t.state["latent"], dtype=torch.float32)
+            return v
+        return t.state["v"]
 
     def _ttq_delta(self, view: torch.Tensor, gran: str) -> torch.Tensor:
         if gran == "channel":
@@ -199,22 +220,28 @@ class QuantOptimizer:
         return self.ttq_threshold * view.abs().max()
 
     def _quantize(self, t: QuantTarget, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """w_hat and its scale (shape () or (groups,)) for the latent weight."""
+        """Clip the latent weight to [-1, 1] in place; return w_hat and its scale (shape () or
+        (groups,))."""
         m = t.spec.method
         view, gran = t.grouped(latent)
         if m.weights == "sign":
-            return torch.where(latent >= 0, 1.0, -1.0).to(latent.dtype), torch.ones(())
-        d = self._d(t)
-        d_view = None if d is None else t.grouped(d)[0]
+            return self._sign(latent, torch.ones((), device=latent.device)), torch.ones(())
+        v = self._v(t)
+        v_view = None if v is None else t.grouped(v)[0]
+        if m.weights == "binary" and m.fixed_scale:
+            if "fixed_alpha" not in t.state:  # the first step's BWN scale, then frozen
+                t.state["fixed_alpha"] = self._binarize(view, None, gran, self.backend)[1]
+            alpha = t.state["fixed_alpha"]
+            shape = (-1,) + (1,) * (view.dim() - 1) if gran == "channel" else ()
+            return self._sign(view, alpha.reshape(shape)).reshape(latent.shape), alpha
+        if m.weights == "binary":
+            w_hat, alpha = self._binarize(view, v_view, gran, self.backend)
+            return w_hat.reshape(latent.shape), alpha
+        latent.clamp_(-1, 1)
+        d_view = None if v_view is None else v_view.sqrt() + EPS_D
         prev = t.param.detach() if "alpha" in t.state else None  # warm start from last w_hat
         prev_view = None if prev is None else t.grouped(prev)[0]
-        if m.weights == "binary":
-            w_hat, alpha = prox_binary(view, d_view, granularity=gran, backend=self.backend)
-            if m.fixed_scale:
-                alpha = t.state.setdefault("fixed_alpha", alpha)
-                shape = (-1,) + (1,) * (view.dim() - 1) if gran == "channel" else ()
-                w_hat = torch.where(view >= 0, 1.0, -1.0).to(view.dtype) * alpha.reshape(shape)
-        elif m.weights == "ternary":
+        if m.weights == "ternary":
             w_hat, alpha, _ = prox_ternary(view, d_view, solver=m.solver, granularity=gran,
                                            init=prev_view, backend=self.backend)
         elif m.weights == "mbit":
@@ -277,7 +304,6 @@ class QuantOptimizer:
         for t in self.targets:
             p = t.param
             latent = p.data
-            latent.clamp_(-1, 1)
             p.data = old_hat[t.name]  # so `_quantize` can warm-start from the last w_hat
             w_hat, alpha = self._quantize(t, latent)
             if track_flips:

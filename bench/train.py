@@ -111,8 +111,9 @@ def build_run(config: RunConfig, *, in_shape: tuple[int, ...], classes: int) -> 
     targets = [QuantTarget(w.name, w.param, specs[w.name],
                            granularity=(config.granularity or "tensor") if specs[w.name].method.scaled
                            else "tensor", gates=w.gates, recurrent=w.recurrent) for w in weights]
-    optimizer = QuantOptimizer(targets, base, backend=config.backend,
-                               ttq_threshold=config.ttq_threshold or 0.05)
+    compiled = config.backend == "compile"
+    optimizer = QuantOptimizer(targets, base, backend="torch" if compiled else config.backend,
+                               ttq_threshold=config.ttq_threshold or 0.05, compile=compiled)
     return Built(model, optimizer, weights, specs, device)
 
 

@@ -250,3 +250,38 @@ def test_state_dict_resumes_the_same_trajectory():
     train(c, opt_c, data[5:])
     for pa, pc in zip(a.parameters(), c.parameters(), strict=True):
         torch.testing.assert_close(pa, pc, rtol=0, atol=0)
+
+
+def test_compiled_binary_step_matches_eager():
+    """`compile=True` fuses clip + binarize: the same signs exactly, scales to float32 rounding
+    (the fused reduction sums in another order)."""
+    from bench.optim import clip_and_binarize, clip_and_sign
+
+    fused_binarize = torch.compile(clip_and_binarize, dynamic=True)
+    fused_sign = torch.compile(clip_and_sign, dynamic=True)
+    g = torch.Generator().manual_seed(0)
+    for shape, gran in [((1000,), "tensor"), ((37, 29), "channel"), ((4, 3, 50), "channel")]:
+        w = torch.rand(shape, generator=g) * 2.4 - 1.2
+        w.view(-1)[:3] = torch.tensor([0.0, -0.0, 1.5])
+        v = torch.rand(shape, generator=g) ** 4 * 1e-4
+        for vv in (v, None):
+            eager_w, fused_w = w.clone(), w.clone()
+            hat_e, alpha_e = clip_and_binarize(eager_w, vv, gran, "torch")
+            hat_c, alpha_c = fused_binarize(fused_w, vv, gran, "torch")
+            assert torch.equal(eager_w, fused_w) and eager_w.abs().max() <= 1  # clipped in place
+            assert torch.equal(torch.signbit(hat_e), torch.signbit(hat_c))
+            assert not torch.signbit(hat_c.view(-1)[1])  # sign(-0.0) = +1
+            torch.testing.assert_close(alpha_c, alpha_e, rtol=1e-6, atol=0)
+        scale = torch.tensor(0.3)
+        torch.testing.assert_close(fused_sign(w.clone(), scale), clip_and_sign(w.clone(), scale),
+                                   rtol=0, atol=0)
+
+
+def test_compiled_optimizer_trains_like_eager():
+    model = tiny_mlp()
+    opt = QuantOptimizer(weights(model), torch.optim.Adam(model.parameters(), lr=1e-2), "lab",
+                         compile=True)
+    train(model, opt, batches(5))
+    for name, p in weights(model):
+        assert torch.allclose(p.abs(), torch.full_like(p, opt.alphas()[name]))
+        assert opt.latent(name).abs().max() <= 1
