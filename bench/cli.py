@@ -150,6 +150,12 @@ def cmd_speed(args: argparse.Namespace) -> int:
 EXTERNAL: dict[str, tuple[str, str, str]] = {
     "kernels-bench": ("kernels.bench", "main", "time the proximal-step kernels: eager, compile, Triton"),
     "report": ("analysis.cli", "main", "statistics, figures and an HTML report of a study"),
+    "grid": ("ablations.cli", "grid_main", "create or resume a study and run it with local workers"),
+    "worker": ("ablations.cli", "worker_main", "join a running study (from any machine)"),
+    "status": ("ablations.cli", "status_main", "a study's cells: done, running, queued, failed"),
+    "retry-failed": ("ablations.cli", "retry_failed_main", "queue a study's failed cells again"),
+    "repair": ("ablations.cli", "repair_main", "fail trials whose worker is gone; queue them again"),
+    "demo": ("ablations.cli", "demo_main", "a small real study on the Python stdlib (~5 min)"),
 }
 
 

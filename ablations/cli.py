@@ -1,0 +1,293 @@
+"""``labbench grid | worker | status | retry-failed | repair | demo`` (registered in bench.cli).
+
+Each entry point takes the arguments after the subcommand and returns the exit status: 0 done,
+1 a failure while running (a cell failed, a storage could not be reached), 2 bad input (the
+message ``error: ...`` names the file and key), 130 interrupted. Bad input is found before
+anything is created in the run root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ablations.spec import StudyError, StudySpec, parse_study
+from ablations.storage import DEFAULT_ROOT, Heartbeat, Location, StorageError, masked, resolve_location
+
+__all__ = ["demo_main", "grid_main", "repair_main", "retry_failed_main", "status_main",
+           "worker_main"]
+
+DEMO_STUDY = Path(__file__).resolve().parent / "studies" / "demo.toml"
+
+
+class _Exit(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _entry(fn: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser
+           ) -> Callable[[Sequence[str] | None], int]:
+    """Parse, run, and map errors to exit statuses (argparse's own errors exit 2 as well)."""
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        from ablations.study import StudyConflict, StudyNotFound
+
+        try:
+            return fn(args)
+        except (StudyError, StorageError, StudyNotFound, StudyConflict) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except _Exit as err:
+            print(f"error: {err}", file=sys.stderr)
+            return err.code
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    main.__doc__ = parser.description
+    return main
+
+
+def _where_args(p: argparse.ArgumentParser, *, launcher: bool = False) -> None:
+    p.add_argument("--root", default=DEFAULT_ROOT, help="run root: the Optuna journal, "
+                   "mlflow.db and logs (default ./labbench-runs)")
+    p.add_argument("--storage", help="Optuna storage instead of ROOT/optuna.journal: "
+                   "postgresql+psycopg2://USER:PASS@HOST/DB (several machines), a journal file "
+                   "path, or sqlite:///FILE (one worker); default $LABBENCH_STORAGE")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI " + (
+        "(default sqlite:///ROOT/mlflow.db; http://HOST:PORT for an mlflow server)" if launcher
+        else "(default: the one the study was created with)"))
+
+
+def _location(args: argparse.Namespace) -> Location:
+    return resolve_location(root=args.root, storage=args.storage, tracking_uri=args.tracking_uri)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from ablations.study import load_handle
+
+    location = _location(args)
+    try:
+        return load_handle(args.study, location)
+    except (StudyError, LookupError, ValueError):
+        raise
+    except Exception as err:  # a database that cannot be reached
+        raise _Exit(1, f"cannot open the Optuna storage {masked(location.storage_url)}: {err}") \
+            from None
+
+
+def _positive(name: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise StorageError(f"{name}: expected an integer >= {minimum}, got {value}")
+
+
+# --- grid / demo -------------------------------------------------------------------------------
+def _grid_parser(prog: str, help_text: str, *, study_file: bool) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=help_text)
+    if study_file:
+        p.add_argument("study_file", metavar="STUDY.toml", help="the study file")
+    _where_args(p, launcher=True)
+    p.add_argument("--workers", type=int, default=2 if not study_file else 1,
+                   help="local worker processes (0: create the study only, start workers "
+                   "elsewhere with `labbench worker`)")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default cores // workers)")
+    p.add_argument("--heartbeat", type=int, default=30, help="RDB storages: seconds between "
+                   "heartbeats; a trial silent for 4x this is failed and re-queued (default 30)")
+    p.add_argument("--max-retry", type=int, default=2, help="times a cell whose worker died is "
+                   "re-queued automatically (default 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _run_study(spec: StudySpec, args: argparse.Namespace) -> int:
+    _positive("--workers", args.workers, 0)
+    _positive("--threads", args.threads)
+    _positive("--heartbeat", args.heartbeat)
+    _positive("--max-retry", args.max_retry, 0)
+    location = _location(args)
+    if location.single_process and args.workers > 1:
+        raise StorageError(f"--storage {masked(location.storage_url)}: SQLite cannot serve several "
+                           "workers (use the default journal file, or PostgreSQL)")
+    if location.single_process:
+        print("warning: an SQLite Optuna storage is for one worker only", file=sys.stderr)
+    if location.tracking_uri is None and location.kind == "rdb" and args.workers == 0:
+        print("warning: no --tracking-uri: runs go to a SQLite file on this machine, which "
+              "workers on other machines cannot reach", file=sys.stderr)
+    # the input is good: from here on things are created
+    from ablations.launcher import launch
+    from ablations.state import repair, requeue_failed, stale_trials
+    from ablations.study import create_or_resume, mlflow_client, optuna_study
+
+    location.root.mkdir(parents=True, exist_ok=True)
+    if location.kind == "journal":
+        Path(location.storage_url).parent.mkdir(parents=True, exist_ok=True)
+    heartbeat = Heartbeat(args.heartbeat, 4 * args.heartbeat, args.max_retry)
+    try:
+        handle, created = create_or_resume(spec, location, heartbeat)
+    except (StudyError, LookupError, ValueError):
+        raise
+    except Exception as err:
+        raise _Exit(1, f"cannot create the study in {masked(location.storage_url)} / "
+                    f"{masked(location.tracking_uri or location.default_tracking_uri)}: {err}") \
+            from None
+    study = optuna_study(handle)
+    print(f"study {spec.name}: {'created' if created else 'resuming'}, {spec.n_runs} runs "
+          f"({'cells x seeds' if spec.mode == 'grid' else 'trials x seeds'})\n"
+          f"  storage  {masked(location.storage_url)}\n  tracking {masked(handle.tracking_uri)}")
+    if not created:
+        client = mlflow_client(handle.tracking_uri)
+        mended = repair(study, client, stale_trials(study), max_retry=None)
+        again = requeue_failed(study, spec, only_interrupted=True)
+        if mended or again:
+            print(f"  queued again: {len(mended)} trial(s) of workers that are gone, "
+                  f"{len(again)} interrupted trial(s)")
+    if args.workers == 0:
+        print(f"no local workers; on each machine run:\n  labbench worker {spec.name} --storage "
+              f"{masked(location.storage_url)} --tracking-uri {masked(handle.tracking_uri)}")
+        return 0
+    code = launch(handle, workers=args.workers, threads=args.threads, quiet=args.quiet)
+    _print_where(handle)
+    return code
+
+
+def _print_where(handle: Any) -> None:
+    uri = handle.tracking_uri
+    print(f"runs: MLflow experiment {handle.name!r} at {masked(uri)}")
+    if uri.startswith("sqlite:///"):
+        print(f"open: mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
+
+
+def _grid(args: argparse.Namespace) -> int:
+    return _run_study(parse_study(args.study_file), args)
+
+
+def after_demo(study_name: str, root: Path, tracking_uri: str) -> None:
+    """What `labbench demo` does once its study is done: say where the runs are.
+
+    The analysis report of the study will be rendered here (docs/harness.md); it belongs to the
+    analysis package, which ablations does not import.
+    """
+    print(f"\ndemo study {study_name!r} is in {root}\n"
+          f"  browse the runs: mlflow ui --backend-store-uri {tracking_uri}\n"
+          f"  report:          labbench report {study_name} --root {root}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    spec = parse_study(DEMO_STUDY)
+    code = _run_study(spec, args)
+    if code == 0:
+        location = _location(args)
+        after_demo(spec.name, location.root, location.tracking_uri or location.default_tracking_uri)
+    return code
+
+
+# --- worker / status / repair / retry-failed ---------------------------------------------------
+def _worker(args: argparse.Namespace) -> int:
+    from ablations.worker import run_worker
+
+    _positive("--threads", args.threads)
+    handle = _load(args)
+    return run_worker(handle, threads=args.threads, isolate=not args.in_process,
+                      die_with_parent=args.die_with_parent, quiet=args.quiet)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ablations.progress import print_status
+    from ablations.state import stale_trials, summarize
+    from ablations.study import optuna_study
+
+    handle = _load(args)
+    study = optuna_study(handle)
+    summary = summarize(study, handle.spec)
+    print_status(handle, summary, stale_trials(study))
+    return 0
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from ablations.state import close_orphan_runs, repair, stale_trials
+    from ablations.study import mlflow_client, optuna_study
+
+    handle = _load(args)
+    study = optuna_study(handle)
+    stale = stale_trials(study, force=args.force, stale_after_s=args.stale_after)
+    for trial, reason in stale:
+        print(f"stale: trial {trial.number} {dict(trial.params)}: {reason}")
+    if args.dry_run:
+        return 0
+    client = mlflow_client(handle.tracking_uri)
+    requeued = repair(study, client, stale)
+    closed = close_orphan_runs(study, client)
+    print(f"repair: {len(stale)} stale trial(s) failed, {len(requeued)} cell(s) queued again, "
+          f"{closed} orphan MLflow run(s) closed"
+          + (f"; run `labbench grid` or `labbench worker {handle.name}` to run them"
+             if requeued else ""))
+    return 0
+
+
+def _retry_failed(args: argparse.Namespace) -> int:
+    from ablations.launcher import launch
+    from ablations.state import requeue_failed
+    from ablations.study import optuna_study
+
+    _positive("--workers", args.workers, 0)
+    handle = _load(args)
+    requeued = requeue_failed(optuna_study(handle), handle.spec)
+    for trial in requeued:
+        print(f"queued again: trial {trial.number} {dict(trial.params)}")
+    print(f"retry-failed: {len(requeued)} failed cell(s) queued again")
+    if not requeued or args.workers == 0:
+        return 0
+    code = launch(handle, workers=args.workers, threads=args.threads, quiet=args.quiet)
+    _print_where(handle)
+    return code
+
+
+def _named_parser(prog: str, help_text: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=help_text)
+    p.add_argument("study", metavar="STUDY_NAME", help="the study's name ([study].name)")
+    _where_args(p)
+    return p
+
+
+def _build() -> dict[str, Callable[[Sequence[str] | None], int]]:
+    grid = _grid_parser("labbench grid", "Create (or resume) a study and run it with local "
+                        "workers, with a progress bar.", study_file=True)
+    demo = _grid_parser("labbench demo", f"Run the demo study ({DEMO_STUDY.name}: fp, bc, bwn, "
+                        "lab x 2 seeds, a small LSTM on the Python standard library; about 5 "
+                        "minutes on 2 cores).", study_file=False)
+    worker = _named_parser("labbench worker", "Join a study and run its cells until none is left "
+                           "(from any machine that reaches its storage and tracking server).")
+    worker.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
+    worker.add_argument("--in-process", action="store_true",
+                        help="run trials in this process instead of a forked one (debugging)")
+    worker.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
+    worker.add_argument("--quiet", action="store_true", help="log warnings only")
+    status = _named_parser("labbench status", "Cells done, running, queued and failed.")
+    repair = _named_parser("labbench repair", "Fail trials whose worker is gone (their MLflow "
+                           "runs too) and queue their cells again.")
+    repair.add_argument("--force", action="store_true", help="treat every running trial as "
+                        "stale (when no worker of the study is running anywhere)")
+    repair.add_argument("--stale-after", type=float, metavar="SECONDS", help="also treat trials "
+                        "running longer than this as stale, on any host")
+    repair.add_argument("--dry-run", action="store_true", help="only list the stale trials")
+    retry = _named_parser("labbench retry-failed", "Queue the failed cells again and run them.")
+    retry.add_argument("--workers", type=int, default=1, help="local workers (0: only queue them)")
+    retry.add_argument("--threads", type=int, help="torch threads per worker")
+    retry.add_argument("--quiet", action="store_true", help="no progress bar")
+    return {"grid": _entry(_grid, grid), "demo": _entry(_demo, demo),
+            "worker": _entry(_worker, worker), "status": _entry(_status, status),
+            "repair": _entry(_repair, repair), "retry-failed": _entry(_retry_failed, retry)}
+
+
+_MAINS = _build()
+grid_main = _MAINS["grid"]
+demo_main = _MAINS["demo"]
+worker_main = _MAINS["worker"]
+status_main = _MAINS["status"]
+repair_main = _MAINS["repair"]
+retry_failed_main = _MAINS["retry-failed"]

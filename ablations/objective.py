@@ -1,0 +1,270 @@
+"""One Optuna trial = one labbench run = one MLflow child run (docs/mlflow-layout.md).
+
+`Objective` turns the trial's parameters into a `RunConfig`, opens the child run under the study's
+parent, runs the configuration in a forked process (`ablations.isolate`) and returns the
+objective metric:
+
+- a run that diverges (``diverged = 1``) is a *result*: the trial is COMPLETE, its MLflow run
+  FINISHED with its metrics; a non-finite objective is returned as +inf (minimize) or -inf
+  (maximize), which Optuna accepts where it would turn NaN into a failure;
+- a run that raises leaves the trial FAIL and its MLflow run FAILED with ``traceback.txt``;
+  the worker goes on with the next cell;
+- Ctrl-C (or SIGTERM) ends the run at once: the MLflow run is KILLED, the trial FAIL with the
+  user attribute ``interrupted``, and a later ``labbench grid`` re-queues it.
+
+A trial that retries an earlier one (heartbeat, ``repair``, ``retry-failed``) carries the earlier
+attempt's ``mlflow_run_id``; if that run is still RUNNING it is marked FAILED first, so analysis
+never counts an abandoned run.
+
+``LABBENCH_RUN_FN=module:function`` replaces `bench.train.run` by another function with its
+signature, in every worker. It is a hook for tests and for measuring the harness (a run that does
+nothing, a run that raises), not a way to run studies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+import os
+import socket
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import Trial, TrialState
+
+from ablations.isolate import RunFailed, current_child, run_isolated
+from ablations.spec import StudySpec
+from bench.record import MlflowRecorder
+
+__all__ = ["RUN_FN_ENV", "Interrupts", "Objective", "close_stale_run", "process_start",
+           "resolve_run_fn", "rss_mb", "trial_run"]
+
+RUN_FN_ENV = "LABBENCH_RUN_FN"
+
+
+def resolve_run_fn() -> Callable[..., Any]:
+    """`bench.train.run`, or the ``module:function`` named by ``$LABBENCH_RUN_FN``."""
+    target = os.environ.get(RUN_FN_ENV)
+    if not target:
+        from bench.train import run
+
+        return run
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def process_start(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == b"Z" else int(fields[19])  # state; field 22 of stat(5)
+
+
+@dataclass
+class Interrupts:
+    """Ctrl-C / SIGTERM in a worker: the first signal kills the running run process and stops
+    the worker after the trial's bookkeeping; a second one raises at once."""
+
+    requested: int = 0
+    in_run: bool = False  # an in-process run is going on (no child to kill)
+
+    def handler(self, signum: int, frame: Any) -> None:
+        self.requested += 1
+        child = current_child()
+        if self.requested > 1 or (child is None and self.in_run):
+            raise KeyboardInterrupt
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, 9)
+
+
+@contextlib.contextmanager
+def trial_run(client: Any, experiment_id: str, *, run_name: str, tags: dict[str, str]
+              ) -> Iterator[MlflowRecorder]:
+    """An MLflow run that is always terminated: FINISHED; FAILED with ``traceback.txt``; KILLED
+    on Ctrl-C or when the trial is pruned (tag ``labbench.pruned``)."""
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run_id = run.info.run_id
+    try:
+        yield MlflowRecorder(client, run_id)
+    except optuna.TrialPruned:
+        client.set_tag(run_id, "labbench.pruned", "1")
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException as err:
+        text = traceback.format_exc()
+        if isinstance(err, RunFailed) and err.child_traceback:
+            text = f"{err.child_traceback}\n(in the run process of a labbench worker)\n"
+        with contextlib.suppress(Exception):
+            client.log_text(run_id, text, "traceback.txt")
+        client.set_terminated(run_id, "FAILED")
+        raise
+    else:
+        client.set_terminated(run_id, "FINISHED")
+
+
+@dataclass
+class Objective:
+    """The callable handed to ``study.optimize``."""
+
+    spec: StudySpec
+    client: Any  # MlflowClient
+    experiment_id: str
+    parent_run_id: str
+    run_fn: Callable[..., Any]
+    interrupts: Interrupts = field(default_factory=Interrupts)
+    threads: int | None = None
+    isolate: bool = True
+    host: str = field(default_factory=socket.gethostname)
+
+    def __call__(self, trial: Trial) -> float:
+        try:
+            return self._trial(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", 1)
+            raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:500])
+            raise
+
+    def _trial(self, trial: Trial) -> float:
+        if self.spec.mode == "grid":
+            params = {name: trial.suggest_categorical(name, values)
+                      for name, values in sorted(self.spec.search_space().items())}
+            seeds = [params.pop("seed")]
+            self._skip_duplicate(trial)
+        else:
+            params = {name: _suggest(trial, r) for name, r in self.spec.search.items()}
+            seeds = list(self.spec.seeds)
+        # who runs this trial; owner["trial"] tells it apart from a retry's inherited attributes
+        trial.set_user_attr("owner", {"host": self.host, "pid": os.getpid(),
+                                      "pid_start": process_start(os.getpid()),
+                                      "trial": trial.number})
+        self._close_previous_attempt(trial)
+        runs: list[str] = []
+        values = [self._run_one(trial, params, seed, runs,
+                                prune=i == 0 and self.spec.mode == "search")
+                  for i, seed in enumerate(seeds)]
+        trial.set_user_attr("worker_rss_mb", round(rss_mb(), 1))
+        return sum(values) / len(values)
+
+    def _run_one(self, trial: Trial, params: dict[str, Any], seed: int, runs: list[str], *,
+                 prune: bool) -> float:
+        config = self.spec.config(params, seed)
+        cell = config.cell_id()
+        trial.set_user_attr("cell", cell)
+        tags = {"mlflow.parentRunId": self.parent_run_id, "labbench.kind": "trial",
+                "labbench.study": self.spec.name, "labbench.cell": cell,
+                "labbench.seed": str(seed), "labbench.trial": str(trial.number),
+                "labbench.host": self.host}
+        name = " ".join([f"t{trial.number}", *(f"{k}={v}" for k, v in params.items()),
+                         f"seed={seed}"])[:250]
+        on_metrics = _pruner_tap(trial, self.spec.objective) if prune else None
+        with trial_run(self.client, self.experiment_id, run_name=name, tags=tags) as recorder:
+            runs.append(recorder.run_id)
+            trial.set_user_attr("mlflow_run_id", recorder.run_id)
+            trial.set_user_attr("mlflow_run_ids", runs)
+            # params first, so a run that fails before bench logs them still names its cell
+            recorder.log_params(config.to_dict())
+            self.interrupts.in_run = True
+            try:
+                metrics = run_isolated(self.run_fn, config, recorder, on_metrics=on_metrics,
+                                       threads=self.threads, isolate=self.isolate)
+            except RunFailed:
+                if self.interrupts.requested:
+                    raise KeyboardInterrupt from None
+                raise
+            finally:
+                self.interrupts.in_run = False
+        diverged = bool(metrics.get("diverged", 0.0))
+        trial.set_user_attr("diverged", int(diverged))
+        if self.spec.objective not in metrics:
+            raise KeyError(f"the run logged no metric {self.spec.objective!r} (it logged: "
+                           f"{', '.join(sorted(metrics))})")
+        value = metrics[self.spec.objective]
+        if not math.isfinite(value):  # NaN would make Optuna fail the trial; a diverged run is a result
+            value = math.inf if self.spec.direction == "minimize" else -math.inf
+        return value
+
+    def _skip_duplicate(self, trial: Trial) -> None:
+        """Prune this trial when an earlier trial of the same cell and seed is running or done.
+
+        Concurrent workers can draw one cell twice at the grid's tail (harness.md 1.1); the
+        earlier trial wins, so every cell x seed runs once.
+        """
+        mine = trial.params
+        for other in trial.study.get_trials(deepcopy=False,
+                                            states=(TrialState.RUNNING, TrialState.COMPLETE)):
+            if other.number < trial.number and other.params == mine:
+                trial.set_user_attr("duplicate_of", other.number)
+                raise optuna.TrialPruned(f"cell already taken by trial {other.number}")
+
+    def _close_previous_attempt(self, trial: Trial) -> None:
+        """A retry inherits the earlier attempt's attributes: clear the outcome ones, and fail
+        the earlier MLflow runs that are still RUNNING."""
+        attrs = trial.user_attrs
+        for key in ("error", "interrupted", "stale", "diverged", "mlflow_run_id", "mlflow_run_ids"):
+            if attrs.get(key) is not None:
+                trial.set_user_attr(key, None)
+        previous = attrs.get("mlflow_run_ids") or []
+        if previous:
+            trial.set_user_attr("previous_mlflow_run_ids", previous)
+        for run_id in previous:
+            close_stale_run(self.client, run_id)
+
+
+def close_stale_run(client: Any, run_id: str) -> bool:
+    """Mark an abandoned MLflow run FAILED (tag ``labbench.stale``) if it is still RUNNING."""
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+        client.set_tag(run_id, "labbench.stale", "1")
+        client.set_terminated(run_id, "FAILED")
+    except Exception:  # an unreachable tracking server must not fail the retry
+        return False
+    return True
+
+
+def _suggest(trial: Trial, r: Any) -> Any:
+    if r.kind == "categorical":
+        return trial.suggest_categorical(r.name, list(r.choices))
+    if r.kind == "int":
+        return trial.suggest_int(r.name, r.low, r.high, step=r.step or 1)
+    if r.kind == "log":
+        return trial.suggest_float(r.name, r.low, r.high, log=True)
+    return trial.suggest_float(r.name, r.low, r.high, step=r.step)
+
+
+def _pruner_tap(trial: Trial, objective: str) -> Callable[[dict[str, float], int], None]:
+    """Report the validation counterpart of the objective each epoch; prune when told to."""
+    metric = "val_" + objective.split("_", 1)[1] if objective.startswith(("test_", "best_val_")) \
+        else None
+
+    def tap(metrics: dict[str, float], step: int) -> None:
+        if metric in metrics and math.isfinite(metrics[metric]):
+            trial.report(metrics[metric], step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {step}")
+
+    return tap
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, in MiB (0 where /proc is absent)."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
