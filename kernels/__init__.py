@@ -13,7 +13,8 @@ Pure functions, no state. Each op minimizes ``sum d*(w_hat - w)^2`` over its qua
 
 Every op takes ``backend="auto" | "torch" | "triton"``: ``"torch"`` is the reference (the ground
 truth), ``"triton"`` the fast path, ``"auto"`` Triton for CUDA tensors when the op has a Triton
-kernel and triton is installed, torch otherwise.
+kernel and triton is installed, torch otherwise. On CPU tensors ``"triton"`` runs Triton's
+interpreter, which needs ``TRITON_INTERPRET=1`` set before `kernels` is imported (docs/kernels.md).
 """
 
 from ._backend import BACKENDS

@@ -1,7 +1,7 @@
 """Backend selection: which implementation of an op runs for a given tensor.
 
-Each op module holds its PyTorch reference (``_<op>_torch``) and, once it exists, a Triton launcher
-(``_<op>_triton``) with the same signature. The public op validates its arguments, then asks
+Each op module holds its PyTorch reference (``_<op>_torch``) and, where it has one, a Triton
+launcher (``_<op>_triton``) with the same signature. The public op validates its arguments, then asks
 `select_impl` for the callable to run. Adding the Triton path to an op is therefore local to its
 module: write the kernel and launcher, and pass the launcher as ``triton_impl``.
 """
@@ -49,7 +49,8 @@ def select_impl(op: str, backend: str, x: torch.Tensor, *, torch_impl: Impl,
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
         x: the op's main input tensor; only its device is read.
         torch_impl: the PyTorch reference implementation.
-        triton_impl: the Triton launcher with the same signature, or None while the op has none.
+        triton_impl: the Triton launcher with the same signature, or None where the op has none
+            (for these arguments).
 
     Returns:
         ``torch_impl`` or ``triton_impl``.
@@ -65,7 +66,7 @@ def select_impl(op: str, backend: str, x: torch.Tensor, *, torch_impl: Impl,
     if backend == "triton":
         if triton_impl is None:
             raise NotImplementedError(
-                f"{op}: the triton backend comes in a later issue; use backend='torch' or 'auto'")
+                f"{op}: no Triton kernel for these arguments; use backend='torch' or 'auto'")
         if not triton_available():
             raise RuntimeError(f"{op}: backend='triton' needs the triton package (pip install "
                                "'labbench[gpu]')")

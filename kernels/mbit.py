@@ -29,6 +29,7 @@ from ._common import (
     groups,
     scale_shape,
 )
+from ._levels import alternate_triton, level_sums, level_write, problem
 
 __all__ = ["prox_mbit"]
 
@@ -105,6 +106,34 @@ def _prox_mbit_torch(w: torch.Tensor, d: torch.Tensor | None, bits: int, levels:
     return w_hat, scale_shape(alpha, granularity)
 
 
+# %% Triton fast path
+#
+# Linear levels only, built from the passes of `_levels` (see there how levels stay exact): 2
+# launches per iteration (level sums, scale update) and one for w_hat, plus one for max|init| with
+# a warm start. Log levels stay on torch: their nearest level is a bucketize against k boundaries
+# down to 2^-127 (a subnormal for bits = 8), and LAQ's experiments use linear levels.
+
+def _prox_mbit_triton(w: torch.Tensor, d: torch.Tensor | None, bits: int, levels: str,
+                      granularity: str, init: torch.Tensor | None, max_iter: int,
+                      tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton implementation of `prox_mbit` (linear levels) for validated, non-empty arguments."""
+    assert levels == "linear", f"prox_mbit: no Triton kernel for levels={levels!r}"
+    n_groups = 1 if granularity == "tensor" else w.shape[0]
+    k = 2 ** (bits - 1) - 1
+    prob = problem("prox_mbit", w, d, n_groups)
+    if init is None:  # b0 = sign(w), sign(0) = +1
+        b0_src, b0_levels = None, "sign"
+        b0_param = torch.zeros(n_groups, dtype=torch.float32, device=w.device)
+    else:  # b0 = q(init / max|init|)
+        b0_src, b0_levels = problem("prox_mbit", init, None, n_groups).w, "linear"
+        _, _, b0_param = level_sums(prob, prob.w.new_zeros(n_groups, dtype=torch.float32), "sign",
+                                    w=b0_src, use_d=False)
+    alpha, _ = alternate_triton(prob, b0_param, b0_levels, "linear", k=k, b0_src=b0_src,
+                                max_iter=max_iter, tol=tol)
+    w_hat = level_write(prob, alpha, alpha, "linear", k=k)
+    return w_hat.reshape(w.shape), scale_shape(alpha, granularity)
+
+
 # %% Public op
 
 def prox_mbit(w: torch.Tensor, d: torch.Tensor | None = None, *, bits: int,
@@ -138,7 +167,9 @@ def prox_mbit(w: torch.Tensor, d: torch.Tensor | None = None, *, bits: int,
         init: ``(*shape)`` warm start, or None.
         max_iter: most alternation iterations (>= 1).
         tol: a group stops when ``|alpha_t - alpha_{t-1}| < tol``.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``. Both agree exactly on signs and
+            levels given the same scales, and on scales to float32 rounding (the sums run in
+            another order); the Triton path copies strided inputs to contiguous ones first.
 
     Returns:
         ``(w_hat, alpha)``: ``w_hat`` of ``w``'s shape and dtype; ``alpha`` float32 of shape ()
@@ -150,7 +181,9 @@ def prox_mbit(w: torch.Tensor, d: torch.Tensor | None = None, *, bits: int,
         ValueError: ``bits`` outside [2, 8]; 0-dimensional ``w``; ``d`` or ``init`` of another
             shape or device; unknown ``levels``, ``granularity`` or ``backend``; ``max_iter < 1``
             or ``tol < 0``.
-        NotImplementedError: ``backend="triton"`` (not written yet).
+        NotImplementedError: ``backend="triton"`` with ``levels="log"`` (log levels stay on torch).
+        RuntimeError: ``backend="triton"`` without the triton package, or on CPU tensors without
+            ``TRITON_INTERPRET=1``.
 
     Example:
         >>> w = torch.tensor([0.9, -0.3, 0.05, 0.6])
@@ -171,5 +204,9 @@ def prox_mbit(w: torch.Tensor, d: torch.Tensor | None = None, *, bits: int,
     check_iteration(max_iter, tol)
     if w.numel() == 0:
         return torch.empty(w.shape, dtype=w.dtype, device=w.device), empty_scales(w, granularity)
-    impl = select_impl("prox_mbit", backend, w, torch_impl=_prox_mbit_torch)
+    if backend == "triton" and levels == "log":
+        raise NotImplementedError("prox_mbit: levels='log' has no Triton kernel (see "
+                                  "`_prox_mbit_triton`); use backend='torch' or 'auto'")
+    impl = select_impl("prox_mbit", backend, w, torch_impl=_prox_mbit_torch,
+                       triton_impl=_prox_mbit_triton if levels == "linear" else None)
     return impl(w, d, bits, levels, granularity, init, max_iter, tol)

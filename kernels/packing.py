@@ -14,9 +14,13 @@ from collections.abc import Sequence
 import torch
 
 from ._backend import check_backend, select_impl
+from ._triton import MAX_BLOCK, check_launch, jit, num_warps, tl
 
 __all__ = ["pack_bits", "packed_nbytes", "unpack_bits"]
 
+# Dtypes the Triton kernel reads; `pack_bits` keeps other real dtypes (float8, ...) on torch.
+TRITON_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                 torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Signed dtypes that hold -1 exactly: what unpack_bits may return.
 UNPACK_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8,
                  torch.int16, torch.int32, torch.int64)
@@ -68,6 +72,53 @@ def _unpack_bits_torch(packed: torch.Tensor, shape: torch.Size,
     return (2 * bits.to(dtype) - 1).reshape(shape)
 
 
+# %% Triton fast path
+#
+# Bytes: read n elements, write n/8 bytes, the floor. Each program packs BLOCK elements, held as
+# (BLOCK // 8, 8): one row of the tile is one output byte.
+
+@jit
+def _pack_bits_kernel(
+    # pointers: signs (n,), contiguous (bool viewed as uint8); packed (nbytes,) uint8
+    signs_ptr, out_ptr,
+    # sizes
+    n, nbytes,
+    # meta-parameters
+    IS_BOOL: tl.constexpr, WIDEN: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    rows = tl.arange(0, BLOCK // 8)
+    lanes = tl.arange(0, 8)
+    offs = pid * BLOCK + rows[:, None] * 8 + lanes[None, :]  # (BLOCK // 8, 8)
+    mask = offs < n
+    x = tl.load(signs_ptr + offs, mask=mask, other=0)
+    if WIDEN:  # float16/bfloat16 to float32, exact (the interpreter compares raw bfloat16 bits)
+        x = x.to(tl.float32)
+    bit = (x != 0) if IS_BOOL else (x >= 0)  # NaN >= 0 is false: bit 0, as in the reference
+    # Distinct bits add without carries, so the sum is their OR (at most 255).
+    byte = tl.sum((bit & mask).to(tl.int32) << lanes[None, :], axis=1)  # (BLOCK // 8,)
+    index = pid * (BLOCK // 8) + rows
+    tl.store(out_ptr + index, byte.to(tl.uint8), mask=index < nbytes)
+
+
+def _pack_bits_triton(signs: torch.Tensor) -> torch.Tensor:
+    """Triton implementation of `pack_bits` (one launch; a strided input is copied first)."""
+    device = check_launch("pack_bits", _pack_bits_kernel, [signs])
+    flat = signs.reshape(-1).contiguous()  # (n,) row-major
+    if flat.dtype == torch.bool:
+        flat = flat.view(torch.uint8)
+    nbytes = packed_nbytes(flat.numel())
+    packed = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    if nbytes == 0:
+        return packed
+    block = MAX_BLOCK["cuda" if device.type == "cuda" else "cpu"]
+    grid = (-(flat.numel() // -block),)
+    _pack_bits_kernel[grid](flat, packed, flat.numel(), nbytes, IS_BOOL=signs.dtype == torch.bool,
+                            WIDEN=signs.dtype in (torch.float16, torch.bfloat16), BLOCK=block,
+                            num_warps=num_warps(block))
+    return packed
+
+
 # %% Public ops
 
 def pack_bits(signs: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -86,7 +137,7 @@ def pack_bits(signs: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     Raises:
         TypeError: ``signs`` is not a tensor, or is complex.
         ValueError: unknown ``backend``.
-        NotImplementedError: ``backend="triton"`` (not written yet).
+        NotImplementedError: ``backend="triton"`` for a dtype outside `TRITON_DTYPES`.
 
     Example:
         >>> pack_bits(torch.tensor([1., -1., -1., 1., 1., 1., 1., -1., 1.]))
@@ -97,7 +148,9 @@ def pack_bits(signs: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
         raise TypeError(f"signs: expected a torch.Tensor, got {type(signs).__name__}")
     if signs.is_complex():
         raise TypeError(f"signs: expected a real or bool dtype, got {signs.dtype}")
-    impl = select_impl("pack_bits", backend, signs, torch_impl=_pack_bits_torch)
+    triton_impl = _pack_bits_triton if signs.dtype in TRITON_DTYPES else None
+    impl = select_impl("pack_bits", backend, signs, torch_impl=_pack_bits_torch,
+                       triton_impl=triton_impl)
     return impl(signs)
 
 
@@ -118,7 +171,8 @@ def unpack_bits(packed: torch.Tensor, shape: Sequence[int] | torch.Size, *,
         TypeError: ``packed`` is not a uint8 tensor; ``dtype`` cannot hold -1.
         ValueError: ``packed`` is not 1-D or has a length other than ``ceil(n / 8)``; a negative
             size in ``shape``; unknown ``backend``.
-        NotImplementedError: ``backend="triton"`` (not written yet).
+        NotImplementedError: ``backend="triton"``: unpacking stays on torch (it runs once per
+            saved model, not per step).
 
     Example:
         >>> unpack_bits(torch.tensor([121, 1], dtype=torch.uint8), (3, 3))

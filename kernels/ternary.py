@@ -30,6 +30,7 @@ from ._common import (
     scale_shape,
     threshold,
 )
+from ._levels import alternate_triton, level_sums, level_write, problem
 
 __all__ = ["prox_ternary"]
 
@@ -131,6 +132,45 @@ def _prox_ternary_torch(w: torch.Tensor, d: torch.Tensor | None, solver: str, gr
             scale_shape(delta, granularity))
 
 
+# %% Triton fast path
+#
+# Built from the passes of `_levels` (see there how decisions stay exact):
+#   "twn"     3 launches: sum|w| -> delta; the sums of S = {|w| > delta} -> alpha; w_hat.
+#   "approx"  2 per iteration (level sums, scale update) + w_hat, no host synchronization.
+#   "exact"   the scale stays on torch: it needs a sort of |w| per group (plus a gather and two
+#             cumulative sums), which torch's radix sort already does near the memory limit and a
+#             hand-written Triton sort would not beat; the threshold and w_hat are one Triton pass.
+
+def _prox_ternary_triton(w: torch.Tensor, d: torch.Tensor | None, solver: str, granularity: str,
+                         init: torch.Tensor | None, max_iter: int,
+                         tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton implementation of `prox_ternary` for validated, non-empty arguments."""
+    n_groups = 1 if granularity == "tensor" else w.shape[0]
+    prob = problem("prox_ternary", w, d, n_groups)
+    n = prob.w.shape[1]
+    unused = torch.zeros(n_groups, dtype=torch.float32, device=w.device)
+    if solver == "exact":
+        w32 = groups(w, granularity)
+        alpha = _exact_scale(w32, curvature(d, w32, granularity))
+        delta = alpha / 2
+    else:
+        delta = None
+        if solver == "twn" or init is None:  # TWN's threshold: 0.7 * mean|w|, unweighted
+            sum_abs, _, _ = level_sums(prob, unused, "sign", use_d=False)
+            delta = TWN_FACTOR * (sum_abs / n)
+        if solver == "twn":
+            num, den, _ = level_sums(prob, delta, "ternary")
+            alpha = num / den.clamp_min(TINY)
+        else:  # b0: TWN's pattern, or I_0(init) = the signs of init with 0 kept
+            b0_src = None if init is None else problem("prox_ternary", init, None, n_groups).w
+            b0_param = unused if init is not None else delta
+            alpha, delta = alternate_triton(prob, b0_param, "ternary", "ternary", b0_src=b0_src,
+                                            max_iter=max_iter, tol=tol)
+    w_hat = level_write(prob, delta, alpha, "ternary")
+    return (w_hat.reshape(w.shape), scale_shape(alpha, granularity),
+            scale_shape(delta, granularity))
+
+
 # %% Public op
 
 def prox_ternary(w: torch.Tensor, d: torch.Tensor | None = None, *, solver: str = "exact",
@@ -162,7 +202,9 @@ def prox_ternary(w: torch.Tensor, d: torch.Tensor | None = None, *, solver: str 
             ignore it.
         max_iter: most iterations of ``"approx"`` (>= 1).
         tol: ``"approx"`` stops a group when ``|alpha_t - alpha_{t-1}| < tol``.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``. Both agree exactly on signs and
+            levels given the same scales, and on scales to float32 rounding (the sums run in
+            another order); the Triton path copies strided inputs to contiguous ones first.
 
     Returns:
         ``(w_hat, alpha, delta)``: ``w_hat`` of ``w``'s shape and dtype with values in
@@ -173,7 +215,8 @@ def prox_ternary(w: torch.Tensor, d: torch.Tensor | None = None, *, solver: str 
         TypeError: ``w``, ``d`` or ``init`` is not a tensor of a supported float dtype.
         ValueError: 0-dimensional ``w``; ``d`` or ``init`` of another shape or device; unknown
             ``solver``, ``granularity`` or ``backend``; ``max_iter < 1`` or ``tol < 0``.
-        NotImplementedError: ``backend="triton"`` (not written yet).
+        RuntimeError: ``backend="triton"`` without the triton package, or on CPU tensors without
+            ``TRITON_INTERPRET=1``.
 
     Example:
         >>> w = torch.tensor([1.0, -0.9, 0.1, 0.0])
@@ -191,5 +234,6 @@ def prox_ternary(w: torch.Tensor, d: torch.Tensor | None = None, *, solver: str 
     if w.numel() == 0:
         zeros = empty_scales(w, granularity)
         return torch.empty(w.shape, dtype=w.dtype, device=w.device), zeros, zeros.clone()
-    impl = select_impl("prox_ternary", backend, w, torch_impl=_prox_ternary_torch)
+    impl = select_impl("prox_ternary", backend, w, torch_impl=_prox_ternary_torch,
+                       triton_impl=_prox_ternary_triton)
     return impl(w, d, solver, granularity, init, max_iter, tol)
