@@ -9,6 +9,8 @@ Pure functions, no state. Each op minimizes ``sum d*(w_hat - w)^2`` over its qua
 ``prox_ternary``              ``alpha * I_delta(w)``: exact (LAT), alternating (LAT-approx), TWN
 ``prox_mbit``                 ``alpha * b`` on a linear or log m-bit grid (LAQ)
 ``pack_bits``/``unpack_bits`` 8 signs per byte and back; ``packed_nbytes`` sizes the storage
+``prox_binary_multi``         ``prox_binary`` of a model's weights in a fixed number of launches
+``fused_adam_lab_step_``      Adam's step on latent weights and their binarization, in two passes
 ============================  ===================================================================
 
 Every op takes ``backend="auto" | "torch" | "triton"``: ``"torch"`` is the reference (the ground
@@ -20,7 +22,9 @@ interpreter, which needs ``TRITON_INTERPRET=1`` set before `kernels` is imported
 from ._backend import BACKENDS
 from ._common import GRANULARITIES
 from .binary import prox_binary
+from .fused import fused_adam_lab_step_
 from .mbit import LEVELS, prox_mbit
+from .multi import prox_binary_multi
 from .packing import pack_bits, packed_nbytes, unpack_bits
 from .ternary import SOLVERS, prox_ternary
 
@@ -29,9 +33,11 @@ __all__ = [
     "GRANULARITIES",
     "LEVELS",
     "SOLVERS",
+    "fused_adam_lab_step_",
     "pack_bits",
     "packed_nbytes",
     "prox_binary",
+    "prox_binary_multi",
     "prox_mbit",
     "prox_ternary",
     "unpack_bits",

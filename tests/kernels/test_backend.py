@@ -7,6 +7,7 @@ from kernels import (
     BACKENDS,
     pack_bits,
     prox_binary,
+    prox_binary_multi,
     prox_mbit,
     prox_ternary,
     unpack_bits,
@@ -20,6 +21,7 @@ OPS = {
     "prox_mbit": lambda backend: prox_mbit(W, bits=3, backend=backend),
     "pack_bits": lambda backend: pack_bits(W, backend=backend),
     "unpack_bits": lambda backend: unpack_bits(pack_bits(W), W.shape, backend=backend),
+    "prox_binary_multi": lambda backend: prox_binary_multi([W, W[0]], backend=backend),
 }
 # Ops (or arguments) that stay on torch: "triton" says so instead of silently running torch.
 TORCH_ONLY = {
