@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from bench.methods import LayerSpec, Method, get_method
-from kernels import prox_binary, prox_mbit, prox_ternary
+from kernels import fused_adam_lab_step_, prox_binary, prox_mbit, prox_ternary
 
 __all__ = ["EPS_D", "QuantOptimizer", "QuantTarget"]
 
@@ -106,16 +106,25 @@ class QuantOptimizer:
         compile: run the clip + binarize step of binary methods (bc, bc-scaled, bwn, lab, ...)
             through `torch.compile` (two fused passes instead of about ten; the first step of a new
             shape compiles, several seconds). Ternary and m-bit solvers stay eager.
+        fused: do the whole step of the quantized weights in `kernels.fused_adam_lab_step_`: Adam's
+            update of the latent weight, the clip and LAB's (or BWN's) binarization in two passes
+            over all of them (Triton on CUDA; its torch reference elsewhere, unless ``backend``
+            says otherwise). The other parameters still go through ``base``. Needs
+            ``torch.optim.Adam`` without amsgrad, weight decay, maximize, capturable or
+            differentiable, ``curvature="auto"``, float32 contiguous weights and binary methods
+            with a learned scale (``lab``, ``bwn``, ``xnor``, ``lab2``). Results match the
+            unfused step to float32 rounding (bit for bit with the torch reference on CPU).
 
     Raises:
-        ValueError: an unknown method/granularity, or ``gate`` granularity without ``gates``.
+        ValueError: an unknown method/granularity, or ``gate`` granularity without ``gates``;
+            ``fused=True`` with an optimizer, method or weight it does not support.
     """
 
     def __init__(self, params: Iterable[Any], base: torch.optim.Optimizer,
                  method: str | LayerSpec = "lab", *, granularity: str = "tensor",
                  bits: int | None = None, levels: str | None = None, beta2: float | None = None,
                  curvature: str = "auto", ttq_threshold: float = 0.05, backend: str = "auto",
-                 compile: bool = False):
+                 compile: bool = False, fused: bool = False):
         if curvature not in ("auto", "own"):
             raise ValueError(f"curvature: expected 'auto' or 'own', got {curvature!r}")
         self.base = base
@@ -133,6 +142,9 @@ class QuantOptimizer:
                 self.targets.append(target)
         self.beta2 = beta2 if beta2 is not None else self._base_beta2()
         self._shared_v = curvature == "auto" and self._adam_v_is_ours()
+        self.fused = fused
+        if fused:
+            self._check_fusable()
         self._ttq_scales: list[torch.nn.Parameter] = []
         self.last_flips: dict[str, float] = {}
         for t in self.targets:
@@ -287,6 +299,8 @@ class QuantOptimizer:
         """
         if not self.targets:
             return self.base.step(closure)
+        if self.fused:
+            return self._fused_step(closure, track_flips)
         old_hat = {}
         for t in self.targets:
             p = t.param
@@ -311,6 +325,95 @@ class QuantOptimizer:
                                                                   w_hat, alpha)
             t.state["latent"], t.state["alpha"] = latent, alpha
             p.data = w_hat
+        return loss
+
+    # --- the fused step (Adam + binary methods) -------------------------------------------
+    def _check_fusable(self) -> None:
+        """Raise ValueError unless `kernels.fused_adam_lab_step_` can do every quantized step."""
+        if type(self.base) is not torch.optim.Adam:
+            raise ValueError(f"fused=True needs torch.optim.Adam as base, got {type(self.base).__name__}")
+        ids = {id(t.param) for t in self.targets}
+        for i, group in enumerate(self.base.param_groups):
+            if not ids.intersection(map(id, group["params"])):
+                continue
+            for flag in ("amsgrad", "maximize", "capturable", "differentiable",
+                         "decoupled_weight_decay"):
+                if group.get(flag):
+                    raise ValueError(f"fused=True does not support Adam's {flag}=True "
+                                     f"(param group {i})")
+            if group["weight_decay"] != 0:
+                raise ValueError(f"fused=True needs weight_decay=0, got {group['weight_decay']} "
+                                 f"(param group {i})")
+        if not self._shared_v:
+            raise ValueError("fused=True needs curvature='auto' with v shared with Adam's exp_avg_sq "
+                             f"(same beta2, {self.beta2})")
+        for t in self.targets:
+            m = t.spec.method
+            if m.weights != "binary" or m.fixed_scale:
+                raise ValueError(f"fused=True supports binary methods with a learned scale (lab, bwn, "
+                                 f"xnor, lab2), got {m.name!r} for {t.name!r}")
+            if t.param.dtype != torch.float32 or not t.param.is_contiguous():
+                raise ValueError(f"fused=True needs float32 contiguous weights, got {t.param.dtype} "
+                                 f"(contiguous={t.param.is_contiguous()}) for {t.name!r}")
+
+    def _adam_state(self, t: QuantTarget) -> dict[str, Any]:
+        """Adam's state of a quantized weight, created as `torch.optim.Adam` creates it."""
+        state = self.base.state[t.param]
+        if not state:
+            fused_adam = any(t.param is p and g.get("fused") for g in self.base.param_groups
+                             for p in g["params"])
+            dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+            device = t.param.device if fused_adam else "cpu"  # where Adam keeps `step`
+            state["step"] = torch.zeros((), dtype=dtype, device=device)
+            state["exp_avg"] = torch.zeros_like(t.state["latent"], memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(t.state["latent"],
+                                                   memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def _fused_step(self, closure: Any, track_flips: bool) -> Any:
+        """`step` with fused=True: base step for the other parameters, then one fused call per
+        (param group, curvature) for the quantized weights that have a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grads = {t.name: t.param.grad for t in self.targets}
+        try:  # Adam skips parameters without a gradient: the base step updates the others
+            for t in self.targets:
+                t.param.grad = None
+            self.base.step()
+        finally:
+            for t in self.targets:
+                t.param.grad = grads[t.name]
+        group_of = {id(p): i for i, g in enumerate(self.base.param_groups) for p in g["params"]}
+        batches: dict[tuple[int, bool], list[QuantTarget]] = {}
+        for t in self.targets:
+            if grads[t.name] is not None and t.param.numel() > 0:
+                key = (group_of[id(t.param)], t.spec.method.curvature)
+                batches.setdefault(key, []).append(t)
+        self.last_flips = {t.name: 0.0 for t in self.targets} if track_flips else {}
+        for (index, curvature), batch in batches.items():
+            group = self.base.param_groups[index]
+            states = [self._adam_state(t) for t in batch]
+            for state in states:
+                state["step"] += 1
+            views = [(t, *(t.grouped(x) for x in (t.state["latent"], t.param.grad,
+                                                  s["exp_avg"], s["exp_avg_sq"])))
+                     for t, s in zip(batch, states, strict=True)]
+            w_hats, alphas = fused_adam_lab_step_(
+                [v[1][0] for v in views], [v[2][0] for v in views], [v[3][0] for v in views],
+                [v[4][0] for v in views], steps=[float(s["step"]) for s in states],
+                lr=float(group["lr"]), beta1=group["betas"][0], beta2=group["betas"][1],
+                eps=group["eps"], granularity=[v[1][1] for v in views], curvature=curvature,
+                backend=self.backend)
+            for t, w_hat, alpha in zip(batch, w_hats, alphas, strict=True):
+                w_hat = w_hat.reshape(t.param.shape)
+                if track_flips:
+                    self.last_flips[t.name] = self._changed_fraction(t, t.param.data,
+                                                                      t.state["alpha"], w_hat, alpha)
+                t.state["alpha"] = alpha
+                t.param.data = w_hat
         return loss
 
     @staticmethod
