@@ -102,12 +102,17 @@ def run_isolated(fn: Callable[..., Any], config: Any, recorder: Any, *,
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the run process: never returns
-        read.close()
-        _child_main(fn, config, write, parent, threads)
+    # Ctrl-C / SIGTERM wait until the child is known, so that the handler can kill it
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        pid = os.fork()
+        if pid == 0:  # the run process: never returns
+            read.close()
+            _child_main(fn, config, write, parent, threads, mask)
+        _child.append(pid)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     write.close()
-    _child.append(pid)
     metrics: dict[str, float] | None = None
     error: tuple[str, str] | None = None
     try:
@@ -155,12 +160,13 @@ def _reap(pid: int) -> int:
 
 
 def _child_main(fn: Callable[..., Any], config: Any, conn: Connection, parent: int,
-                threads: int | None) -> None:
+                threads: int | None, mask: set) -> None:
     code = 1
     try:
         # Ctrl-C and SIGTERM end the run at once; the worker records the outcome.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         with contextlib.suppress(OSError, AttributeError):  # Linux: die with the worker
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # the worker died before prctl took effect

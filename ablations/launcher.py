@@ -39,7 +39,7 @@ class _Worker:
 
 def worker_command(handle: StudyHandle, *, threads: int | None = None) -> list[str]:
     """The command line of one worker (the storage URL travels in ``$LABBENCH_STORAGE``)."""
-    cmd = [sys.executable, "-m", "bench", "worker", handle.name, "--quiet", "--die-with-parent"]
+    cmd = [sys.executable, "-m", "bench", "worker", handle.name, "--die-with-parent"]
     if threads:
         cmd += ["--threads", str(threads)]
     if handle.location.tracking_uri:

@@ -180,6 +180,8 @@ class Objective:
             recorder.log_params(config.to_dict())
             self.interrupts.in_run = True
             try:
+                if self.interrupts.requested:  # the signal came while the run was being set up
+                    raise KeyboardInterrupt
                 metrics = run_isolated(self.run_fn, config, recorder, on_metrics=on_metrics,
                                        threads=self.threads, isolate=self.isolate)
             except RunFailed:

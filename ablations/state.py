@@ -193,14 +193,14 @@ def repair(study: optuna.Study, client: Any, stale: list[tuple[FrozenTrial, str]
     storage = study._storage
     requeued = []
     for trial, reason in stale:
-        try:
+        try:  # attributes first: a finished trial's cannot change
+            storage.set_trial_user_attr(trial._trial_id, "stale", reason)
+            if interrupted:
+                storage.set_trial_user_attr(trial._trial_id, "interrupted", 1)
             if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:  # it finished meanwhile
             continue
-        storage.set_trial_user_attr(trial._trial_id, "stale", reason)
-        if interrupted:
-            storage.set_trial_user_attr(trial._trial_id, "interrupted", 1)
         owner = trial.user_attrs.get("owner") or {}
         if owner.get("trial") == trial.number:
             for run_id in trial.user_attrs.get("mlflow_run_ids") or []:
