@@ -20,14 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.ablations.helpers import DATA
+from tests.ablations.helpers import DATA, REPO
 
 
 @pytest.fixture(autouse=True)
 def _lab_env(monkeypatch):
-    """Committed data, no downloads, and no storage or run hook leaking in from the caller."""
+    """Committed data, no downloads, tests importable by worker processes, and no storage or
+    run hook leaking in from the caller."""
     monkeypatch.setenv("LABBENCH_DATA", str(DATA))
     monkeypatch.setenv("LABBENCH_OFFLINE", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO),
+                                                                   os.environ.get("PYTHONPATH")])))
     for name in ("LABBENCH_STORAGE", "LABBENCH_RUN_FN", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)
 
@@ -39,12 +42,13 @@ def free_port() -> int:
 
 
 def _pg_bindir() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+    """Debian's /usr/lib/postgresql/N/bin (newest), else the folder of pg_ctl on the PATH."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
                       key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
-    return versions[-1].parent if versions else None
+    if versions:
+        return versions[-1].parent
+    found = shutil.which("initdb")
+    return Path(found).resolve().parent if found else None
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +92,8 @@ def mlflow_server(tmp_path_factory):
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
          f"sqlite:///{folder / 'srv.db'}", "--artifacts-destination", str(folder / "art"),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job runner
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -108,7 +113,7 @@ def mlflow_server(tmp_path_factory):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 15)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait()

@@ -75,6 +75,16 @@ def labbench(*args: str, env: dict[str, str] | None = None, timeout: float = 300
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
+def cli(capsys: Any, *args: str) -> tuple[int, str, str]:
+    """Run ``labbench ARGS`` in this process (its imports are paid for already); workers that a
+    launcher starts are still processes of their own. Returns (status, stdout, stderr)."""
+    from bench.cli import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def start_labbench(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
                    log: Path | None = None) -> subprocess.Popen:
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed with the process)

@@ -1,21 +1,25 @@
-"""Real grids on the local defaults (Optuna journal + SQLite MLflow): layout, outcomes, memory
-(issue tests 1 and 6)."""
+"""Real grids on the local defaults (Optuna journal + SQLite MLflow): layout, memory, outcomes;
+the same grid through an ``mlflow server`` (issue tests 1, 4 and 6)."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from ablations.spec import parse_study
 from analysis import load_runs
+from bench.cli import main
 from tests.ablations.helpers import (
+    DATA,
     TINY,
     artifacts,
-    lab_env,
-    labbench,
+    cli,
     load_study,
     mlflow_runs,
     study_doc,
@@ -23,13 +27,25 @@ from tests.ablations.helpers import (
 )
 
 
-def test_two_workers_run_every_cell_once_with_the_documented_layout(tmp_path):
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    """A 6-cell x 2-seed grid run by 2 workers on the local defaults (shared by two tests)."""
+    folder = tmp_path_factory.mktemp("two")
     doc = study_doc("two", grid={"method": ["fp", "bc", "lab"], "lr": [0.01, 0.002]}, seeds=[0, 1])
-    path = write_study(tmp_path, doc)
-    root = tmp_path / "runs"
-    proc = labbench("grid", str(path), "--root", str(root), "--workers", "2", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    path = write_study(folder, doc)
+    root = folder / "runs"
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, redirect_stdout(out), redirect_stderr(err):
+        mp.setenv("LABBENCH_DATA", str(DATA))
+        mp.setenv("LABBENCH_OFFLINE", "1")
+        code = main(["grid", str(path), "--root", str(root), "--workers", "2"])
+    return path, root, code, out.getvalue(), err.getvalue()
+
+
+def test_two_workers_run_every_cell_once_with_the_documented_layout(two, capsys):
+    path, root, code, out, err = two
+    assert code == 0, out + err
+    assert "mlflow ui --backend-store-uri sqlite:///" in out
     spec = parse_study(path)
 
     # Optuna: each cell x seed exactly once, nothing else
@@ -72,19 +88,26 @@ def test_two_workers_run_every_cell_once_with_the_documented_layout(tmp_path):
 
     frame = load_runs("two", uri)
     assert len(frame) == 12 and frame.attrs["seeds"] == [0, 1]
-    status = labbench("status", "two", "--root", str(root))
-    assert status.returncode == 0 and re.search(r"complete\s*│\s*12", status.stdout), status.stdout
+
+    # every run lives in a process of its own: a worker does not grow with the runs it has done
+    for pid in {t.user_attrs["owner"]["pid"] for t in trials}:
+        rss = [t.user_attrs["worker_rss_mb"] for t in trials if t.user_attrs["owner"]["pid"] == pid]
+        assert max(rss) - rss[0] < 8, rss
+    code, out, _ = cli(capsys, "status", "two", "--root", str(root))
+    assert code == 0 and re.search(r"complete\s*│\s*12", out), out
 
 
-def test_diverged_is_a_result_and_a_raising_cell_fails_alone_then_retries(tmp_path):
+def test_diverged_is_a_result_and_a_raising_cell_fails_alone_then_retries(tmp_path, capsys,
+                                                                           monkeypatch):
     doc = study_doc("outcomes", grid={"method": ["fp", "bc", "bwn"], "lr": [0.01, 1e30]},
                     seeds=[0], base={**TINY, "optimizer": "sgd"})
     path = write_study(tmp_path, doc)
     root = tmp_path / "runs"
-    env = lab_env(LABBENCH_RUN_FN="tests.ablations.fakes:failing_run", LABBENCH_TEST_FAIL="bwn")
-    proc = labbench("grid", str(path), "--root", str(root), "--workers", "2", env=env)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "retry-failed outcomes" in proc.stderr
+    monkeypatch.setenv("LABBENCH_RUN_FN", "tests.ablations.fakes:failing_run")
+    monkeypatch.setenv("LABBENCH_TEST_FAIL", "bwn")
+    code, out, err = cli(capsys, "grid", str(path), "--root", str(root), "--workers", "2")
+    assert code == 1, out + err
+    assert "retry-failed outcomes" in err
 
     journal = str(root / "optuna.journal")
     trials = load_study(journal, "outcomes").get_trials()
@@ -114,33 +137,57 @@ def test_diverged_is_a_result_and_a_raising_cell_fails_alone_then_retries(tmp_pa
             assert run.info.status == "FINISHED"
             assert run.data.metrics["diverged"] == (1.0 if lr == 1e30 else 0.0)
 
-    status = labbench("status", "outcomes", "--root", str(root))
-    assert re.search(r"failed\s*│\s*2", status.stdout) and "planted failure" in status.stdout
+    code, out, _ = cli(capsys, "status", "outcomes", "--root", str(root))
+    assert re.search(r"failed\s*│\s*2", out) and "planted failure" in out, out
 
-    env = lab_env(LABBENCH_RUN_FN="tests.ablations.fakes:failing_run")
-    retry = labbench("retry-failed", "outcomes", "--root", str(root), env=env)
-    assert retry.returncode == 0, retry.stdout + retry.stderr
-    assert "2 failed cell(s) queued again" in retry.stdout
+    monkeypatch.delenv("LABBENCH_TEST_FAIL")
+    code, out, err = cli(capsys, "retry-failed", "outcomes", "--root", str(root))
+    assert code == 0, out + err
+    assert "2 failed cell(s) queued again" in out
     after = load_study(journal, "outcomes").get_trials()
     new = [t for t in after if t.number >= 6]
     assert sorted(t.params["lr"] for t in new) == [0.01, 1e30]
     assert all(t.params["method"] == "bwn" and t.state.name == "COMPLETE" for t in new)
     frame = load_runs("outcomes", uri)
     assert len(frame) == 6 and frame.attrs["n_failed"] == 2
-    assert labbench("retry-failed", "outcomes", "--root", str(root)).stdout.strip().endswith(
-        "0 failed cell(s) queued again")
+    code, out, _ = cli(capsys, "retry-failed", "outcomes", "--root", str(root))
+    assert code == 0 and out.strip().endswith("0 failed cell(s) queued again")
 
 
-def test_a_long_worker_keeps_flat_memory(tmp_path):
-    doc = study_doc("memory", grid={"lr": [0.001 * (i + 1) for i in range(14)]}, seeds=[0],
-                    base={**TINY, "method": "lab"}, baseline={})
-    path = write_study(tmp_path, doc)
-    root = tmp_path / "runs"
-    proc = labbench("grid", str(path), "--root", str(root), "--workers", "1")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    trials = sorted(load_study(str(root / "optuna.journal"), "memory").get_trials(),
-                    key=lambda t: t.number)
-    rss = [t.user_attrs["worker_rss_mb"] for t in trials]
-    assert len(rss) == 14
-    # every run lives in its own process: the worker does not grow with the runs it has done
-    assert max(rss[3:]) - rss[3] < 8, rss
+def _layout(uri: str, name: str) -> dict:
+    """Everything of a study's runs that must not depend on how they were logged."""
+    parent, children = mlflow_runs(uri, name)
+    skip = {"labbench.storage", "mlflow.user", "mlflow.runName", "mlflow.parentRunId", "labbench.host"}
+    runs = {}
+    for run in children:
+        tags = {k: v for k, v in run.data.tags.items()
+                if k not in skip and not k.startswith("mlflow.source")}
+        runs[(tags["labbench.cell"], tags["labbench.seed"])] = {
+            "status": run.info.status, "tags": sorted(tags), "kind": tags["labbench.kind"],
+            "params": run.data.params, "metrics": sorted(run.data.metrics),
+            "artifacts": sorted(artifacts(uri, run.info.run_id))}
+    ptags = {k: v for k, v in parent.data.tags.items()
+             if k.startswith("labbench.") and k != "labbench.storage"}
+    return {"parent": (parent.info.status, ptags, sorted(artifacts(uri, parent.info.run_id))),
+            "runs": runs}
+
+
+def test_workers_through_an_mlflow_server_record_the_same_layout(two, tmp_path, capsys,
+                                                                  mlflow_server):
+    path, direct, code, _, _ = two
+    assert code == 0
+    served = tmp_path / "served"
+    code, out, err = cli(capsys, "grid", str(path), "--root", str(served), "--workers", "2",
+                         "--tracking-uri", mlflow_server)
+    assert code == 0, out + err
+    assert not (served / "mlflow.db").exists()  # everything went through the server
+
+    a = _layout(f"sqlite:///{direct / 'mlflow.db'}", "two")
+    b = _layout(mlflow_server, "two")
+    assert a["parent"] == b["parent"]
+    assert set(a["runs"]) == set(b["runs"]) and len(a["runs"]) == 12
+    for key, run in a["runs"].items():
+        assert run == b["runs"][key], key
+        assert run["status"] == "FINISHED" and {"config.json", "env.json"} <= set(run["artifacts"])
+    frame = load_runs("two", mlflow_server)
+    assert len(frame) == 12 and frame.attrs["seeds"] == [0, 1]
