@@ -129,12 +129,14 @@ class LSTM(nn.Module):
         return out
 
     def _run_layer(self, xw: torch.Tensor, w_hh_t: torch.Tensor) -> torch.Tensor:
-        batch, steps, _ = xw.shape
+        batch = xw.shape[0]
         h = xw.new_zeros(batch, self.hidden)
         c = xw.new_zeros(batch, self.hidden)
         outputs = []
-        for t in range(steps):
-            g = xw[:, t] + h @ w_hh_t  # (B, 4H)
+        # unbind, not xw[:, t]: each select's backward would zero-fill a full (B, T, 4H) tensor,
+        # O(T^2) memory traffic per sequence; unbind's backward stacks the T gradients once
+        for x_t in xw.unbind(dim=1):
+            g = x_t + h @ w_hh_t  # (B, 4H)
             if self.gate_clip is not None and torch.is_grad_enabled():
                 g = gate_grad_clamp(g, self.gate_clip, self.clip_counts)
             i, f, c_tilde, o = g.chunk(4, dim=1)
