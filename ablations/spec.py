@@ -23,12 +23,11 @@ Example:
     ...                 "grid": {"methd": ["fp"]}}, where="x.toml")
     Traceback (most recent call last):
     ...
-    ablations.spec.StudyError: x.toml: grid.methd: unknown field (did you mean 'method'?); ...
+    ablations._fields.StudyError: x.toml: grid.methd: unknown field (did you mean 'method'?); ...
 """
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import math
@@ -38,6 +37,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ablations._fields import (
+    StudyError,
+    check_field,
+    check_scalar,
+    check_values,
+    config_error,
+    hint,
+    same_value,
+    type_name,
+)
+from ablations.ranges import SearchRange, check_search, parse_search
 from bench.config import ConfigError, RunConfig
 
 __all__ = [
@@ -60,54 +70,8 @@ COMMON_METRICS = ("best_epoch", "epochs_run", "diverged", "wall_s", "step_ms", "
 
 TABLES = ("study", "base", "grid", "search")
 STUDY_KEYS = ("name", "description", "objective", "direction", "seeds", "baseline", "mode", "trials")
-RANGE_KINDS = ("int", "float", "log", "categorical")
-RANGE_KEYS = ("type", "low", "high", "step", "choices")
 MAX_RUNS = 100_000  # cells x seeds: a grid beyond this is almost surely a typo
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_SCALARS = (str, int, float, bool)
-
-
-class StudyError(ValueError):
-    """A bad study file: ``where`` is the file (or the storage holding the spec), ``key`` the
-    dotted key (``grid.hidden``, ``study.seeds``), or empty when the whole file is at fault."""
-
-    def __init__(self, where: str, key: str, message: str):
-        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
-        self.where = where
-        self.key = key
-
-
-def _hint(word: str, options: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _type_name(value: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
-            dict: "table"}.get(type(value), type(value).__name__)
-
-
-@dataclass(frozen=True)
-class SearchRange:
-    """One dimension of a search: ``int`` / ``float`` (uniform, optional ``step``), ``log``
-    (log-uniform float, low > 0) or ``categorical`` (``choices``)."""
-
-    name: str
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    step: float | None = None
-    choices: tuple = ()
-
-    def candidates(self) -> tuple:
-        """Values that must all be valid RunConfig values: the choices, or both endpoints."""
-        return self.choices if self.kind == "categorical" else (self.low, self.high)
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.kind == "categorical":
-            return {"type": "categorical", "choices": list(self.choices)}
-        out = {"type": self.kind, "low": self.low, "high": self.high}
-        return out if self.step is None else {**out, "step": self.step}
 
 
 @dataclass(frozen=True)
@@ -198,19 +162,19 @@ def spec_from_dict(data: Any, *, where: str) -> StudySpec:
         StudyError: naming ``where`` and the dotted key at fault.
     """
     if not isinstance(data, dict):
-        raise StudyError(where, "", f"expected a table at the top level, got {_type_name(data)}")
+        raise StudyError(where, "", f"expected a table at the top level, got {type_name(data)}")
     for key, value in data.items():
         if key not in TABLES:
-            raise StudyError(where, key, f"unknown table{_hint(key, TABLES)}; valid tables: "
+            raise StudyError(where, key, f"unknown table{hint(key, TABLES)}; valid tables: "
                              + ", ".join(f"[{t}]" for t in TABLES))
         if not isinstance(value, dict):
-            raise StudyError(where, key, f"expected a table [{key}], got {_type_name(value)}")
+            raise StudyError(where, key, f"expected a table [{key}], got {type_name(value)}")
     study = data.get("study")
     if study is None:
         raise StudyError(where, "study", "missing table [study] (name, objective, seeds, ...)")
     for key in study:
         if key not in STUDY_KEYS:
-            raise StudyError(where, f"study.{key}", f"unknown key{_hint(key, STUDY_KEYS)}; "
+            raise StudyError(where, f"study.{key}", f"unknown key{hint(key, STUDY_KEYS)}; "
                              "valid keys: " + ", ".join(STUDY_KEYS))
 
     def text(key: str, *, required: bool, choices: tuple[str, ...] = ()) -> str | None:
@@ -221,10 +185,10 @@ def spec_from_dict(data: Any, *, where: str) -> StudySpec:
             return None
         if not isinstance(value, str):
             raise StudyError(where, f"study.{key}", f"expected a string, got {value!r} "
-                             f"({_type_name(value)})")
+                             f"({type_name(value)})")
         if choices and value not in choices:
             raise StudyError(where, f"study.{key}", f"expected one of {', '.join(choices)}, got "
-                             f"{value!r}{_hint(value, choices)}")
+                             f"{value!r}{hint(value, choices)}")
         return value
 
     name = text("name", required=True)
@@ -254,15 +218,15 @@ def spec_from_dict(data: Any, *, where: str) -> StudySpec:
         if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
             raise StudyError(where, "study.trials", f"expected an integer >= 1 (the number of "
                              f"configurations to sample), got {trials!r}")
-        search = _search(data.get("search"), base, where)
-        configs = _check_search(search, base, seeds[0], where)
+        search = parse_search(data.get("search"), base, where)
+        configs = check_search(search, base, seeds[0], where)
 
     baseline = _baseline(study.get("baseline"), grid, mode, where)
     tasks = sorted({config.task for config in configs})
     valid = sorted(set.intersection(*(set(TASK_METRICS[t]) for t in tasks)) | set(COMMON_METRICS))
     if objective not in valid:
         raise StudyError(where, "study.objective", f"unknown metric {objective!r}"
-                         f"{_hint(objective, valid)} for {' and '.join(tasks)} runs; "
+                         f"{hint(objective, valid)} for {' and '.join(tasks)} runs; "
                          "valid: " + ", ".join(valid))
     if direction is None:  # accuracy is the only final metric where larger is better
         direction = "maximize" if objective.endswith("_acc") else "minimize"
@@ -280,56 +244,18 @@ def _seeds(value: Any, where: str) -> tuple[int, ...]:
         raise StudyError(where, key, f"expected a non-empty list of integers >= 0, got {value!r}")
     for seed in value:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise StudyError(where, key, f"expected integers >= 0, got {seed!r} ({_type_name(seed)})")
+            raise StudyError(where, key, f"expected integers >= 0, got {seed!r} ({type_name(seed)})")
     if len(set(value)) != len(value):
         dup = next(s for s in value if value.count(s) > 1)
         raise StudyError(where, key, f"duplicate seed {dup} in {value}")
     return tuple(value)
 
 
-def _check_field(key: str, where: str, table: str) -> None:
-    names = RunConfig.field_names()
-    if key == "seed":
-        raise StudyError(where, f"{table}.seed", "the seeds are set by [study].seeds (each cell "
-                         "runs once per seed)")
-    if key not in names:
-        raise StudyError(where, f"{table}.{key}", f"unknown field{_hint(key, names)}; valid "
-                         "fields: " + ", ".join(n for n in names if n != "seed"))
-
-
-def _scalar(value: Any, key: str, where: str) -> Any:
-    if not isinstance(value, _SCALARS):
-        raise StudyError(where, key, f"expected a string, integer, float or boolean, got "
-                         f"{value!r} ({_type_name(value)})")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise StudyError(where, key, f"expected a finite number, got {value!r}")
-    return value
-
-
 def _base(table: dict, where: str) -> dict[str, Any]:
     for key, value in table.items():
-        _check_field(key, where, "base")
-        _scalar(value, f"base.{key}", where)
+        check_field(key, where, "base")
+        check_scalar(value, f"base.{key}", where)
     return dict(table)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal grid values (1 == 1.0, but True is not 1)."""
-    return a == b and isinstance(a, bool) == isinstance(b, bool)
-
-
-def _values(values: Any, key: str, where: str) -> tuple:
-    """An axis (or a list of choices): a non-empty list of distinct scalars."""
-    if not isinstance(values, list):
-        raise StudyError(where, key, f"expected a list of values, got {values!r} "
-                         f"({_type_name(values)})")
-    if not values:
-        raise StudyError(where, key, "empty list: an axis needs at least one value")
-    for i, value in enumerate(values):
-        _scalar(value, key, where)
-        if any(_same(value, earlier) for earlier in values[:i]):
-            raise StudyError(where, key, f"duplicate value {value!r} in {values}")
-    return tuple(values)
 
 
 def _grid(table: Any, base: dict, where: str) -> dict[str, tuple]:
@@ -338,31 +264,15 @@ def _grid(table: Any, base: dict, where: str) -> dict[str, tuple]:
                          "[grid] method = [\"fp\", \"lab\"]")
     grid = {}
     for key, values in table.items():
-        _check_field(key, where, "grid")
+        check_field(key, where, "grid")
         if key in base:
             raise StudyError(where, f"grid.{key}", "also set in [base]; a field is either fixed "
                              "or an axis")
-        grid[key] = _values(values, f"grid.{key}", where)
+        grid[key] = check_values(values, f"grid.{key}", where)
     n_runs = math.prod(len(v) for v in grid.values())
     if n_runs > MAX_RUNS:
         raise StudyError(where, "grid", f"{n_runs} cells: more than {MAX_RUNS}")
     return grid
-
-
-def _config_error(err: ConfigError, params: dict, base: dict, table: str, where: str
-                  ) -> StudyError:
-    """A RunConfig error as a study error naming the key the user wrote."""
-    name = err.field
-    detail = str(err)[len(name) + 2:] if str(err).startswith(f"{name}: ") else str(err)
-    context = ", ".join(f"{k}={v!r}" for k, v in params.items())
-    if name in params:
-        return StudyError(where, f"{table}.{name}", f"value {params[name]!r}: {detail}"
-                          + (f" (in the cell {context})" if len(params) > 1 else ""))
-    if name in base:
-        return StudyError(where, f"base.{name}", f"value {base[name]!r}: {detail}"
-                          + (f" (in the cell {context})" if params else ""))
-    return StudyError(where, table if params else "base",
-                      f"{name}: {detail}" + (f" (in the cell {context})" if params else ""))
 
 
 def _check_cells(grid: dict[str, tuple], base: dict, seed: int, where: str) -> list[RunConfig]:
@@ -374,7 +284,7 @@ def _check_cells(grid: dict[str, tuple], base: dict, seed: int, where: str) -> l
         try:
             config = RunConfig.from_dict({**base, **cell, "seed": seed})
         except ConfigError as err:
-            raise _config_error(err, cell, base, "grid", where) from None
+            raise config_error(err, cell, base, "grid", where) from None
         cell_id = config.cell_id()
         if cell_id in seen:
             raise StudyError(where, "grid", f"the cells {seen[cell_id]} and {cell} resolve to the "
@@ -384,101 +294,21 @@ def _check_cells(grid: dict[str, tuple], base: dict, seed: int, where: str) -> l
     return configs
 
 
-def _search(table: Any, base: dict, where: str) -> dict[str, SearchRange]:
-    if not table:
-        raise StudyError(where, "search", "empty: a search study needs at least one range, e.g. "
-                         "lr = { type = \"log\", low = 1e-4, high = 1e-1 }")
-    ranges = {}
-    for key, spec in table.items():
-        _check_field(key, where, "search")
-        k = f"search.{key}"
-        if key in base:
-            raise StudyError(where, k, "also set in [base]; a field is either fixed or searched")
-        if isinstance(spec, list):  # shorthand: a list is a categorical choice
-            spec = {"type": "categorical", "choices": spec}
-        if not isinstance(spec, dict):
-            raise StudyError(where, k, f"expected a list of choices or a table {{ type = ..., "
-                             f"low = ..., high = ... }}, got {spec!r} ({_type_name(spec)})")
-        for sub in spec:
-            if sub not in RANGE_KEYS:
-                raise StudyError(where, f"{k}.{sub}", f"unknown key{_hint(sub, RANGE_KEYS)}; "
-                                 "valid keys: " + ", ".join(RANGE_KEYS))
-        kind = spec.get("type")
-        if kind not in RANGE_KINDS:
-            raise StudyError(where, f"{k}.type", f"expected one of {', '.join(RANGE_KINDS)}, got "
-                             f"{kind!r}")
-        ranges[key] = _range(key, kind, spec, where)
-    return ranges
-
-
-def _range(key: str, kind: str, spec: dict, where: str) -> SearchRange:
-    k = f"search.{key}"
-    if kind == "categorical":
-        extra = set(spec) - {"type", "choices"}
-        if extra:
-            raise StudyError(where, f"{k}.{sorted(extra)[0]}", "does not apply to type "
-                             "'categorical' (give choices = [...])")
-        if "choices" not in spec:
-            raise StudyError(where, f"{k}.choices", "missing: a list of values to choose from")
-        return SearchRange(key, kind, choices=_values(spec["choices"], f"{k}.choices", where))
-    if "choices" in spec:
-        raise StudyError(where, f"{k}.choices", f"does not apply to type {kind!r}")
-    number = int if kind == "int" else (int, float)
-    bounds = {}
-    for sub in ("low", "high") + (("step",) if "step" in spec else ()):
-        value = spec.get(sub)
-        if isinstance(value, bool) or not isinstance(value, number) or not math.isfinite(value):
-            want = "an integer" if kind == "int" else "a number"
-            raise StudyError(where, f"{k}.{sub}", f"expected {want}, got {value!r}")
-        bounds[sub] = value
-    low, high, step = bounds["low"], bounds["high"], bounds.get("step")
-    if not low < high:
-        raise StudyError(where, k, f"expected low < high, got low={low!r}, high={high!r}")
-    if kind == "log" and low <= 0:
-        raise StudyError(where, f"{k}.low", f"a log range needs low > 0, got {low!r}")
-    if step is not None and (kind == "log" or step <= 0):
-        raise StudyError(where, f"{k}.step", "expected > 0 on an int or float range (not log)")
-    if kind != "int":
-        low, high = float(low), float(high)
-    return SearchRange(key, kind, low=low, high=high, step=step)
-
-
-def _check_search(search: dict[str, SearchRange], base: dict, seed: int, where: str
-                  ) -> list[RunConfig]:
-    """Every combination of choices and endpoints must be a valid RunConfig (each value on its
-    own against the others' first candidates when there are too many combinations)."""
-    names = list(search)
-    candidates = [search[n].candidates() for n in names]
-    if math.prod(len(c) for c in candidates) <= 4096:
-        combos = itertools.product(*candidates)
-    else:
-        first = [c[0] for c in candidates]
-        combos = ((*first[:i], v, *first[i + 1:]) for i, c in enumerate(candidates) for v in c)
-    configs = []
-    for values in combos:
-        params = dict(zip(names, values, strict=True))
-        try:
-            configs.append(RunConfig.from_dict({**base, **params, "seed": seed}))
-        except ConfigError as err:
-            raise _config_error(err, params, base, "search", where) from None
-    return configs
-
-
 def _baseline(value: Any, grid: dict[str, tuple], mode: str, where: str) -> dict[str, Any]:
     key = "study.baseline"
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise StudyError(where, key, f"expected a table such as {{ method = \"fp\" }}, got "
-                         f"{value!r} ({_type_name(value)})")
+                         f"{value!r} ({type_name(value)})")
     if value and mode != "grid":
         raise StudyError(where, key, "only applies to grid studies (degradation pairs cells "
                          "that differ from the baseline on its axes)")
     for axis, level in value.items():
         if axis not in grid:
-            raise StudyError(where, f"{key}.{axis}", f"not an axis of [grid]{_hint(axis, list(grid))}"
+            raise StudyError(where, f"{key}.{axis}", f"not an axis of [grid]{hint(axis, list(grid))}"
                              f"; axes: {', '.join(grid)}")
-        if not any(_same(level, v) for v in grid[axis]):
+        if not any(same_value(level, v) for v in grid[axis]):
             raise StudyError(where, f"{key}.{axis}", f"value {level!r} is not on the axis "
                              f"grid.{axis} = {list(grid[axis])}")
     return dict(value)
