@@ -191,3 +191,26 @@ def test_workers_through_an_mlflow_server_record_the_same_layout(two, tmp_path, 
         assert run["status"] == "FINISHED" and {"config.json", "env.json"} <= set(run["artifacts"])
     frame = load_runs("two", mlflow_server)
     assert len(frame) == 12 and frame.attrs["seeds"] == [0, 1]
+
+
+def test_search_mode_samples_with_tpe_and_runs_every_seed(tmp_path, capsys):
+    doc = {"study": {"name": "search", "objective": "test_acc", "seeds": [0, 1], "mode": "search",
+                     "trials": 3},
+           "base": TINY,
+           "search": {"lr": {"type": "log", "low": 1e-3, "high": 1e-1}, "method": ["bwn", "lab"]}}
+    path = write_study(tmp_path, doc)
+    root = tmp_path / "runs"
+    code, out, err = cli(capsys, "grid", str(path), "--root", str(root))
+    assert code == 0, out + err
+    trials = load_study(str(root / "optuna.journal"), "search").get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert all(1e-3 <= t.params["lr"] <= 1e-1 and t.params["method"] in ("bwn", "lab")
+               for t in trials)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    parent, children = mlflow_runs(uri, "search")
+    assert json.loads(parent.data.tags["labbench.axes"]) == ["lr", "method"]
+    for t in trials:  # one child run per seed; the trial's value is their mean
+        runs = [r for r in children if r.data.tags["labbench.trial"] == str(t.number)]
+        assert sorted(r.data.tags["labbench.seed"] for r in runs) == ["0", "1"]
+        assert t.value == pytest.approx(sum(r.data.metrics["test_acc"] for r in runs) / 2)
+        assert {r.data.params["lr"] for r in runs} == {str(t.params["lr"])}
