@@ -9,6 +9,8 @@ anything is created in the run root.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -104,7 +106,7 @@ def _grid_parser(prog: str, help_text: str, *, study_file: bool) -> argparse.Arg
     return p
 
 
-def _run_study(spec: StudySpec, args: argparse.Namespace) -> int:
+def _run_study(spec: StudySpec, args: argparse.Namespace, *, where: bool = True) -> int:
     _positive("--workers", args.workers, 0)
     _positive("--threads", args.threads)
     _positive("--heartbeat", args.heartbeat)
@@ -119,10 +121,13 @@ def _run_study(spec: StudySpec, args: argparse.Namespace) -> int:
         print("warning: no --tracking-uri: runs go to a SQLite file on this machine, which "
               "workers on other machines cannot reach", file=sys.stderr)
     # the input is good: from here on things are created
+    import optuna
+
     from ablations.launcher import launch
     from ablations.state import repair, requeue_failed, stale_trials
     from ablations.study import create_or_resume, mlflow_client, optuna_study
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the launcher says what it does itself
     location.root.mkdir(parents=True, exist_ok=True)
     if location.kind == "journal":
         Path(location.storage_url).parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +156,8 @@ def _run_study(spec: StudySpec, args: argparse.Namespace) -> int:
               f"{masked(location.storage_url)} --tracking-uri {masked(handle.tracking_uri)}")
         return 0
     code = launch(handle, workers=args.workers, threads=args.threads, quiet=args.quiet)
-    _print_where(handle)
+    if where:
+        _print_where(handle)
     return code
 
 
@@ -179,7 +185,7 @@ def after_demo(study_name: str, root: Path, tracking_uri: str) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     spec = parse_study(DEMO_STUDY)
-    code = _run_study(spec, args)
+    code = _run_study(spec, args, where=False)
     if code == 0:
         location = _location(args)
         after_demo(spec.name, location.root, location.tracking_uri or location.default_tracking_uri)
@@ -192,8 +198,14 @@ def _worker(args: argparse.Namespace) -> int:
 
     _positive("--threads", args.threads)
     handle = _load(args)
-    return run_worker(handle, threads=args.threads, isolate=not args.in_process,
+    code = run_worker(handle, threads=args.threads, isolate=not args.in_process,
                       die_with_parent=args.die_with_parent, quiet=args.quiet)
+    # Everything is recorded: end the process here. Tearing down torch, Triton and MLflow takes
+    # seconds and fills the log with nanobind's leak reports, and nothing is left to flush.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _status(args: argparse.Namespace) -> int:

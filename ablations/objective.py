@@ -40,8 +40,8 @@ from ablations.isolate import RunFailed, current_child, run_isolated
 from ablations.spec import StudySpec
 from bench.record import MlflowRecorder
 
-__all__ = ["RUN_FN_ENV", "Interrupts", "Objective", "close_stale_run", "process_start",
-           "resolve_run_fn", "rss_mb", "trial_run"]
+__all__ = ["RUN_FN_ENV", "Interrupts", "Objective", "close_stale_run", "mlflow_run_ids",
+           "process_start", "resolve_run_fn", "rss_mb", "trial_run"]
 
 RUN_FN_ENV = "LABBENCH_RUN_FN"
 
@@ -175,17 +175,20 @@ class Objective:
         with trial_run(self.client, self.experiment_id, run_name=name, tags=tags) as recorder:
             runs.append(recorder.run_id)
             trial.set_user_attr("mlflow_run_id", recorder.run_id)
-            trial.set_user_attr("mlflow_run_ids", runs)
-            # params first, so a run that fails before bench logs them still names its cell
-            recorder.log_params(config.to_dict())
+            if len(runs) > 1:  # search mode: one run per seed
+                trial.set_user_attr("mlflow_run_ids", runs)
+            tap = _ParamsTap(recorder)
             self.interrupts.in_run = True
             try:
                 if self.interrupts.requested:  # the signal came while the run was being set up
                     raise KeyboardInterrupt
-                metrics = run_isolated(self.run_fn, config, recorder, on_metrics=on_metrics,
+                metrics = run_isolated(self.run_fn, config, tap, on_metrics=on_metrics,
                                        threads=self.threads, isolate=self.isolate)
-            except RunFailed:
-                if self.interrupts.requested:
+            except BaseException as err:
+                if not tap.params_logged:  # a run that failed early still names its cell
+                    with contextlib.suppress(Exception):
+                        recorder.log_params(config.to_dict())
+                if isinstance(err, RunFailed) and self.interrupts.requested:
                     raise KeyboardInterrupt from None
                 raise
             finally:
@@ -220,7 +223,7 @@ class Objective:
         for key in ("error", "interrupted", "stale", "diverged", "mlflow_run_id", "mlflow_run_ids"):
             if attrs.get(key) is not None:
                 trial.set_user_attr(key, None)
-        previous = attrs.get("mlflow_run_ids") or []
+        previous = mlflow_run_ids(attrs)
         if previous:
             trial.set_user_attr("previous_mlflow_run_ids", previous)
         for run_id in previous:
@@ -237,6 +240,33 @@ def close_stale_run(client: Any, run_id: str) -> bool:
     except Exception:  # an unreachable tracking server must not fail the retry
         return False
     return True
+
+
+class _ParamsTap:
+    """Passes a run's records on to its recorder, noting whether the params were logged."""
+
+    def __init__(self, recorder: MlflowRecorder):
+        self.recorder = recorder
+        self.params_logged = False
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.recorder.set_tags(tags)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.recorder.log_params(params)
+        self.params_logged = True
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.recorder.log_metrics(metrics, step)
+
+    def log_dict(self, obj: dict[str, Any], name: str) -> None:
+        self.recorder.log_dict(obj, name)
+
+
+def mlflow_run_ids(attrs: dict[str, Any]) -> list[str]:
+    """The MLflow runs a trial opened (one per seed in search mode), from its user attributes."""
+    return list(attrs.get("mlflow_run_ids") or ([attrs["mlflow_run_id"]]
+                                                  if attrs.get("mlflow_run_id") else []))
 
 
 def _suggest(trial: Trial, r: Any) -> Any:

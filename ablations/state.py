@@ -21,7 +21,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from ablations.objective import close_stale_run, process_start
+from ablations.objective import close_stale_run, mlflow_run_ids, process_start
 from ablations.spec import StudySpec
 
 __all__ = ["Summary", "close_orphan_runs", "has_work", "owner_alive", "queue_copy", "repair",
@@ -203,7 +203,7 @@ def repair(study: optuna.Study, client: Any, stale: list[tuple[FrozenTrial, str]
             continue
         owner = trial.user_attrs.get("owner") or {}
         if owner.get("trial") == trial.number:
-            for run_id in trial.user_attrs.get("mlflow_run_ids") or []:
+            for run_id in mlflow_run_ids(trial.user_attrs):
                 close_stale_run(client, run_id)
         trial = storage.get_trial(trial._trial_id)
         history = trial.system_attrs.get("retry_history", [])
