@@ -49,6 +49,7 @@ def worker_command(handle: StudyHandle, *, threads: int | None = None) -> list[s
 
 def _spawn(handle: StudyHandle, n: int, threads: int, log_dir: Path, round_: int) -> list[_Worker]:
     env = {**os.environ, STORAGE_ENV: handle.location.storage_url, "PYTHONUNBUFFERED": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true",  # see ablations.worker
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     workers = []

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import warnings
 from typing import Any
@@ -49,6 +50,13 @@ def run_worker(handle: StudyHandle, *, threads: int | None = None, isolate: bool
     Returns:
         0 when no work is left, 130 when interrupted.
     """
+    # MLflow's telemetry fetches its config from a background thread as mlflow is imported; a run
+    # forked while that thread is inside dlopen (SSL, DNS) dies in the dynamic loader. Off here.
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    if "mlflow" in sys.modules:
+        from mlflow.telemetry.client import set_telemetry_client
+
+        set_telemetry_client()
     import optuna
     from optuna.trial import TrialState
 
