@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 
 from ._triton import (
+    MAX_PARTIALS,
     TINY_C,
     block_size,
     cdiv,
@@ -42,7 +43,6 @@ from ._triton import (
     target_programs,
     tl,
     tl_dtype,
-    triton,
 )
 
 
@@ -66,7 +66,7 @@ def problem(op: str, w: torch.Tensor, d: torch.Tensor | None, groups: int) -> Pr
     d2 = None if d is None else row_view(d, groups)
     n = w2.shape[1]
     block = block_size(n, w.device)
-    per_group = max(1, min(cdiv(n, block), target_programs(w.device) // groups))
+    per_group = max(1, min(cdiv(n, block), target_programs(w.device) // groups, MAX_PARTIALS))
     return Problem(w2, d2, per_group, block)
 
 
@@ -85,7 +85,7 @@ def _levels(s, param, k, LEVELS: tl.constexpr):
     return b
 
 
-@jit
+@jit(do_not_specialize=["programs_per_group"])
 def _level_sums_kernel(
     # pointers: w, d and the levels' source as (G, n); per-group parameters (G,); partials
     # (G, programs_per_group, 3): sum d*b*w, sum d*b^2, max|w|
@@ -127,7 +127,7 @@ def _level_sums_kernel(
     tl.store(out + 2, tl.max(peak))
 
 
-@jit
+@jit(do_not_specialize=["programs_per_group"])
 def _scale_update_kernel(
     # pointers: partials (G, programs_per_group, 3); per-group alpha, parameter, active flag (G,)
     partials_ptr, alpha_ptr, param_ptr, active_ptr,
@@ -161,7 +161,7 @@ def _scale_update_kernel(
     tl.store(param_ptr + group, alpha * 0.5 if RULE == "ternary" else alpha)
 
 
-@jit
+@jit(do_not_specialize=["programs_per_group"])
 def _level_write_kernel(
     # pointers: w (G, n); per-group parameter and alpha (G,); w_hat (G, n)
     w_ptr, param_ptr, alpha_ptr, out_ptr,
@@ -230,7 +230,6 @@ def alternate_triton(prob: Problem, b0_param: torch.Tensor, b0_levels: str, rule
     param = torch.empty(groups, dtype=torch.float32, device=device)
     active = torch.ones(groups, dtype=torch.int32, device=device)
     partials = torch.empty(groups, prob.programs_per_group, 3, dtype=torch.float32, device=device)
-    block_p = triton.next_power_of_2(prob.programs_per_group)
     n = prob.w.shape[1]
     warps = num_warps(prob.block)
     d = prob.w if prob.d is None else prob.d
@@ -244,7 +243,7 @@ def alternate_triton(prob: Problem, b0_param: torch.Tensor, b0_levels: str, rule
             num_warps=warps, enable_fp_fusion=False)
         _scale_update_kernel[(groups,)](
             partials, alpha, param, active, prob.programs_per_group, tol,
-            RULE=rule, FIRST=first, BLOCK_P=block_p)
+            RULE=rule, FIRST=first, BLOCK_P=MAX_PARTIALS)
     return alpha, param
 
 

@@ -40,16 +40,26 @@ except ImportError:  # the `gpu` extra is optional; the torch reference still wo
 TINY = 1.1754943508222875e-38
 # The same value as a Triton constant: kernels may read only constexpr globals.
 TINY_C = tl.constexpr(TINY) if tl is not None else TINY
-# Tiles of the compiled kernels: 4096 elements (16 per thread at 8 warps: 128-bit loads); the
+# Tiles of the compiled kernels: 4096 elements (16 per thread at 8 warps: 128-bit loads), or 1024
+# when no group is longer; two sizes only, since every size is one more compilation. The
 # interpreter costs per tile, not per element, but the tests use a few thousand elements and should
-# cross tile and program boundaries, so it uses smaller tiles and fewer programs.
+# cross tile and program boundaries, so it uses smaller tiles (any power of two from 128) and
+# fewer programs.
 MAX_BLOCK = {"cuda": 4096, "cpu": 1024}
 PROGRAMS_PER_SM = 8
+# Partials one program reduces in a single block: a group gets at most this many programs.
+MAX_PARTIALS = 1024
 
 
-def jit(fn):
-    """``triton.jit`` when triton is installed; the undecorated function otherwise."""
-    return fn if triton is None else triton.jit(fn)
+def jit(fn=None, **options):
+    """``triton.jit`` (with its ``options``) when triton is installed; else ``fn`` undecorated.
+
+    Loop counts such as ``tiles_per_program`` go in ``do_not_specialize``: Triton would otherwise
+    compile one variant for 1, one for multiples of 16 and one for the rest, for nothing.
+    """
+    if fn is None:
+        return functools.partial(jit, **options)
+    return fn if triton is None else triton.jit(fn, **options)
 
 
 def check_launch(op: str, kernel, tensors: Sequence[torch.Tensor]) -> torch.device:
@@ -86,10 +96,11 @@ def target_programs(device: torch.device) -> int:
     return 4
 
 
-def block_size(longest: int, device: torch.device, *, smallest: int = 128) -> int:
-    """Tile length for rows of at most ``longest`` elements: a power of two in [smallest, max]."""
-    top = MAX_BLOCK["cuda" if device.type == "cuda" else "cpu"]
-    return max(smallest, min(top, triton.next_power_of_2(max(longest, 1))))
+def block_size(longest: int, device: torch.device) -> int:
+    """Tile length for groups of at most ``longest`` elements (see `MAX_BLOCK`)."""
+    if device.type == "cuda":
+        return 1024 if longest <= 1024 else MAX_BLOCK["cuda"]
+    return max(128, min(MAX_BLOCK["cpu"], triton.next_power_of_2(max(longest, 1))))
 
 
 def num_warps(block: int) -> int:

@@ -31,6 +31,7 @@ from ._common import (
     scale_shape,
 )
 from ._triton import (
+    MAX_PARTIALS,
     TINY_C,
     block_size,
     cdiv,
@@ -43,7 +44,6 @@ from ._triton import (
     target_programs,
     tl,
     tl_dtype,
-    triton,
 )
 
 __all__ = ["prox_binary"]
@@ -90,7 +90,6 @@ class Plan(NamedTuple):
     tiles_per_program: int
     n_words: int  # int32 words of sign bits over all segments
     block: int  # elements per tile
-    block_p: int  # partials one program of pass 2 reduces per step
 
 
 @functools.lru_cache(maxsize=256)
@@ -123,8 +122,7 @@ def _plan(shapes: tuple[tuple[int, int], ...], device: torch.device) -> Plan:
     table = torch.stack([seg_tensor[prog_seg], seg_start[prog_seg], seg_len[prog_seg], tile0,
                          first_prog[prog_seg], chunks[prog_seg], prog_seg, first_word[prog_seg]],
                         dim=1)  # (P, 8)
-    block_p = min(1024, triton.next_power_of_2(int(chunks.max())))
-    return Plan(table.to(device), table.shape[0], per_program, int(words.sum()), block, block_p)
+    return Plan(table.to(device), table.shape[0], per_program, int(words.sum()), block)
 
 
 @jit
@@ -147,7 +145,7 @@ def sign_words(w, mask, lanes):
     return tl.sum(bits, axis=1)
 
 
-@jit
+@jit(do_not_specialize=["tiles_per_program"])
 def _binary_sums_kernel(
     # pointers: tensor table (T, 3) of w, d, w_hat; program table; partials (P, 2); sign words
     tensors_ptr, programs_ptr, partials_ptr, bits_ptr,
@@ -185,7 +183,7 @@ def _binary_sums_kernel(
     tl.store(partials_ptr + 2 * pid + 1, tl.sum(den))
 
 
-@jit
+@jit(do_not_specialize=["tiles_per_program"])
 def _binary_write_kernel(
     # pointers: tensor table (T, TENSOR_COLS) whose column OUT_COL holds w_hat; program table;
     # partials and sign words of pass 1; alphas (S,)
@@ -262,7 +260,7 @@ def binary_passes(op: str, ws: Sequence[torch.Tensor], ds: Sequence[torch.Tensor
     _binary_write_kernel[(plan.n_programs,)](
         tensors, plan.programs, partials, bits, alphas, plan.tiles_per_program,
         TENSOR_COLS=3, OUT_COL=2, OUT_DTYPE=w_type, HAS_D=ds is not None, BLOCK=plan.block,
-        BLOCK_P=plan.block_p, num_warps=warps)
+        BLOCK_P=MAX_PARTIALS, num_warps=warps)
     w_hats = [out.reshape(w.shape) for out, w in zip(outs, ws, strict=True)]
     return w_hats, list(alphas.split(list(rows)))
 

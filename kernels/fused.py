@@ -24,7 +24,7 @@ import torch
 
 from ._backend import check_backend, select_impl
 from ._common import GRANULARITIES, check_choice
-from ._triton import check_launch, device_table, jit, num_warps, tl
+from ._triton import MAX_PARTIALS, check_launch, device_table, jit, num_warps, tl
 from .binary import _binary_write_kernel, _plan, _program, prox_binary, sign_words
 
 __all__ = ["fused_adam_lab_step_"]
@@ -59,7 +59,7 @@ def _fused_adam_lab_step_torch(latents, grads, exp_avgs, exp_avg_sqs, steps, lr,
 
 # %% Triton fast path
 
-@jit
+@jit(do_not_specialize=["tiles_per_program"])
 def _adam_lab_sums_kernel(
     # pointers: tensor table (T, 5) of W, g, m, v, w_hat; per-tensor scalars (T, 2) float32 of
     # lr / (1 - beta1^t) and sqrt(1 - beta2^t); program table; partials (P, 2); sign words
@@ -140,7 +140,7 @@ def _fused_adam_lab_step_triton(latents, grads, exp_avgs, exp_avg_sqs, steps, lr
     _binary_write_kernel[(plan.n_programs,)](
         tensors, plan.programs, partials, bits, alphas, plan.tiles_per_program,
         TENSOR_COLS=5, OUT_COL=4, OUT_DTYPE=tl.float32, HAS_D=curvature, BLOCK=plan.block,
-        BLOCK_P=plan.block_p, num_warps=warps)
+        BLOCK_P=MAX_PARTIALS, num_warps=warps)
     scales = [a.reshape(()) if gran == "tensor" else a
               for a, gran in zip(alphas.split(rows), granularities, strict=True)]
     return w_hats, scales
