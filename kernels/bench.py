@@ -285,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     import triton
 
-    name = torch.cuda.get_device_name(device) if cuda else (platform.processor() or "cpu")
+    name = torch.cuda.get_device_name(device) if cuda else cpu_name()
     meta = {"device": name, "device_type": device.type, "torch": torch.__version__,
             "triton": triton.__version__, "command": " ".join(["labbench kernels-bench", *argv]),
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -324,6 +324,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             plot(rows, out / "kernels-bench.png")
     print(f"kernels-bench: {len(rows)} rows on {name} written to {out}/kernels-bench.*")
     return 130 if meta.get("interrupted") else 0
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def _interrupt(signum: int, frame: Any) -> None:
