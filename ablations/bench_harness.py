@@ -7,7 +7,9 @@
   defaults with one worker; the harness's own time per trial is the wall time of the trials
   (Optuna trial start to end) and the gap between consecutive trials, from the journal.
 - ``scaling``: the same CPU-bound grid (a small LSTM on pysrc, one torch thread per worker) with
-  1 and then 2 workers; throughput = runs / wall time of the workers.
+  1 and then 2 workers; throughput = runs / (first trial start to last trial end). Beside it, the
+  machine's own ceiling: two plain one-thread torch processes against one (``machine_speedup``);
+  ``efficiency`` = harness speedup / machine speedup.
 - ``locks``: a 50-cell grid of short real runs with 4 workers; counts "database is locked" in
   every worker log and trial error.
 
@@ -70,13 +72,14 @@ def _write_study(folder: Path, name: str, base: dict, grid: dict, seeds: list[in
 
 
 def _launch(study: Path, root: Path, workers: int, *, run_fn: str | None = None) -> float:
-    """Run ``labbench grid`` in a subprocess; its wall time in seconds."""
+    """Run ``labbench grid`` (one torch thread per worker) in a subprocess; its wall time."""
     env = {**os.environ, "LABBENCH_OFFLINE": "1"}
     if run_fn:
         env["LABBENCH_RUN_FN"] = run_fn
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "bench", "grid", str(study), "--root", str(root),
-                           "--workers", str(workers), "--quiet"], env=env, capture_output=True,
+                           "--workers", str(workers), "--threads", "1", "--quiet"], env=env,
+                          capture_output=True,
                           text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -117,7 +120,7 @@ def measure_overhead(folder: Path, n: int = 40) -> dict[str, float]:
 def measure_scaling(folder: Path) -> dict[str, float]:
     """Throughput of one CPU-bound grid with 1 and 2 workers (one torch thread each)."""
     base = {"model": "lstm", "dataset": "pysrc", "hidden": 96, "seq_len": 64, "batch_size": 32,
-            "epochs": 1, "steps": 40, "train_limit": 200000, "eval_limit": 8192}
+            "epochs": 1, "steps": 100, "train_limit": 400000, "eval_limit": 8192}
     out: dict[str, float] = {}
     for workers in (1, 2):
         name = f"scaling{workers}"
@@ -130,7 +133,35 @@ def measure_scaling(folder: Path) -> dict[str, float]:
             (t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
     out["speedup"] = out["w2_runs_per_min"] / out["w1_runs_per_min"]
     out["speedup_wall"] = out["w1_wall_s"] / out["w2_wall_s"]
+    out.update(measure_machine())
+    out["efficiency"] = out["speedup"] / out["machine_speedup"]
     return out
+
+
+_SPIN = """
+import sys, time, torch
+torch.set_num_threads(1)
+a = torch.randn(400, 400)
+t = time.perf_counter()
+for _ in range(1500):
+    a = (a @ a).tanh()
+print(time.perf_counter() - t)
+"""
+
+
+def measure_machine() -> dict[str, float]:
+    """How much two CPU-bound one-thread torch processes gain over one on this machine now: the
+    ceiling of any 2-worker speedup (a shared or hyperthreaded CPU gives less than 2)."""
+    def spin(n: int) -> float:
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE)
+                 for _ in range(n)]
+        for p in procs:
+            p.communicate()
+        return time.perf_counter() - t0
+
+    one, two = min(spin(1), spin(1)), min(spin(2), spin(2))
+    return {"one_process_s": one, "two_processes_s": two, "machine_speedup": 2 * one / two}
 
 
 def measure_locks(folder: Path) -> dict[str, float]:
