@@ -127,8 +127,14 @@ class QuantOptimizer:
                  compile: bool = False, fused: bool = False):
         if curvature not in ("auto", "own"):
             raise ValueError(f"curvature: expected 'auto' or 'own', got {curvature!r}")
+        if compile and backend == "triton":
+            raise ValueError("compile=True generates its own kernels (Triton on CUDA); it cannot "
+                             "also call the hand-written Triton ones: use backend='auto' or 'torch'")
         self.base = base
         self.backend = backend
+        # Inside torch.compile the proximal step is traced from its torch reference; "auto" would
+        # pick the hand-written Triton kernel on CUDA, an opaque call that splits the fused graph.
+        self._binarize_backend = "torch" if compile else backend
         self._binarize = torch.compile(clip_and_binarize, dynamic=True) if compile \
             else clip_and_binarize
         self._sign = torch.compile(clip_and_sign, dynamic=True) if compile else clip_and_sign
@@ -242,12 +248,13 @@ class QuantOptimizer:
         v_view = None if v is None else t.grouped(v)[0]
         if m.weights == "binary" and m.fixed_scale:
             if "fixed_alpha" not in t.state:  # the first step's BWN scale, then frozen
-                t.state["fixed_alpha"] = self._binarize(view, None, gran, self.backend)[1]
+                t.state["fixed_alpha"] = self._binarize(view, None, gran,
+                                                             self._binarize_backend)[1]
             alpha = t.state["fixed_alpha"]
             shape = (-1,) + (1,) * (view.dim() - 1) if gran == "channel" else ()
             return self._sign(view, alpha.reshape(shape)).reshape(latent.shape), alpha
         if m.weights == "binary":
-            w_hat, alpha = self._binarize(view, v_view, gran, self.backend)
+            w_hat, alpha = self._binarize(view, v_view, gran, self._binarize_backend)
             return w_hat.reshape(latent.shape), alpha
         latent.clamp_(-1, 1)
         d_view = None if v_view is None else v_view.sqrt() + EPS_D
@@ -293,7 +300,8 @@ class QuantOptimizer:
         """One step: base step on the latent weights, clip, next w_hat.
 
         Args:
-            closure: passed to the base optimizer.
+            closure: re-evaluates the loss and its gradients; it runs first, at w_hat (the
+                weights the model computes with), and its loss is returned.
             track_flips: also measure, per weight, the fraction of quantized values that changed
                 (read it from `last_flips`); costs one extra pass over the weights.
         """
@@ -301,6 +309,10 @@ class QuantOptimizer:
             return self.base.step(closure)
         if self.fused:
             return self._fused_step(closure, track_flips)
+        loss = None
+        if closure is not None:  # before the swap below: the gradient is taken at w_hat
+            with torch.enable_grad():
+                loss = closure()
         old_hat = {}
         for t in self.targets:
             p = t.param
@@ -311,7 +323,7 @@ class QuantOptimizer:
                     t.state["v"].mul_(self.beta2).addcmul_(p.grad, p.grad, value=1 - self.beta2)
             old_hat[t.name] = p.data
             p.data = t.state["latent"]
-        loss = self.base.step(closure)
+        self.base.step()
         for scale in self._ttq_scales:  # magnitudes: a negative one would swap the codes' signs
             scale.data.clamp_(min=0)
         self.last_flips: dict[str, float] = {}

@@ -285,3 +285,35 @@ def test_compiled_optimizer_trains_like_eager():
     for name, p in weights(model):
         assert torch.allclose(p.abs(), torch.full_like(p, opt.alphas()[name]))
         assert opt.latent(name).abs().max() <= 1
+
+
+@pytest.mark.parametrize("method", ["lab", "lat", "bc"])
+def test_closure_is_evaluated_at_w_hat_like_a_backward_before_step(method):
+    """``step(closure)`` = backward outside then ``step()``: the gradient is the one at w_hat,
+    and the loss returned is the loss at w_hat."""
+    data = batches(6)
+    a, b = tiny_mlp(), tiny_mlp()
+    opt_a = QuantOptimizer(weights(a), torch.optim.Adam(a.parameters(), lr=1e-2), method)
+    opt_b = QuantOptimizer(weights(b), torch.optim.Adam(b.parameters(), lr=1e-2), method)
+    train(a, opt_a, data)
+    for x, y in data:
+        def closure(x=x, y=y):
+            opt_b.zero_grad()
+            loss = nn.functional.cross_entropy(b(x), y)
+            loss.backward()
+            return loss
+
+        with torch.no_grad():
+            at_w_hat = nn.functional.cross_entropy(b(x), y)
+        b.train()
+        loss = opt_b.step(closure)
+        assert torch.isclose(loss, at_w_hat, rtol=1e-5), (loss, at_w_hat)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+
+
+def test_compile_refuses_handwritten_triton_kernels():
+    model = tiny_mlp()
+    with pytest.raises(ValueError, match="compile=True"):
+        QuantOptimizer(weights(model), torch.optim.Adam(model.parameters()), "lab", compile=True,
+                       backend="triton")
