@@ -9,6 +9,7 @@ anything is created in the run root.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -172,23 +173,38 @@ def _grid(args: argparse.Namespace) -> int:
     return _run_study(parse_study(args.study_file), args)
 
 
-def after_demo(study_name: str, root: Path, tracking_uri: str) -> None:
-    """What `labbench demo` does once its study is done: say where the runs are.
+DemoReport = Callable[[str, Path, str], None]
 
-    The analysis report of the study will be rendered here (docs/harness.md); it belongs to the
-    analysis package, which ablations does not import.
+
+def after_demo(study_name: str, root: Path, tracking_uri: str, report: DemoReport | None) -> int:
+    """What `labbench demo` does once its study is done: render its report, say where things are.
+
+    ``report(study_name, root, tracking_uri)`` renders the analysis report; the top CLI
+    (bench.cli) passes analysis' one, since ablations does not import analysis (DESIGN.md).
+    A report that fails leaves the recorded study as it is, says how to retry, and makes the
+    exit status 1.
     """
+    code = 0
+    if report is not None:
+        try:
+            report(study_name, root, tracking_uri)
+        except Exception as err:  # the runs are recorded: say how to retry
+            print(f"error: the report could not be rendered ({type(err).__name__}: {err}); "
+                  f"retry with: labbench report {study_name} --root {root}", file=sys.stderr)
+            code = 1
     print(f"\ndemo study {study_name!r} is in {root}\n"
           f"  browse the runs: mlflow ui --backend-store-uri {tracking_uri}\n"
           f"  report:          labbench report {study_name} --root {root}")
+    return code
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace, report: DemoReport | None = None) -> int:
     spec = parse_study(DEMO_STUDY)
     code = _run_study(spec, args, where=False)
     if code == 0:
         location = _location(args)
-        after_demo(spec.name, location.root, location.tracking_uri or location.default_tracking_uri)
+        code = after_demo(spec.name, location.root,
+                          location.tracking_uri or location.default_tracking_uri, report)
     return code
 
 
@@ -266,7 +282,7 @@ def _named_parser(prog: str, help_text: str) -> argparse.ArgumentParser:
     return p
 
 
-def _build() -> dict[str, Callable[[Sequence[str] | None], int]]:
+def _build() -> tuple[dict[str, Callable[[Sequence[str] | None], int]], argparse.ArgumentParser]:
     grid = _grid_parser("labbench grid", "Create (or resume) a study and run it with local "
                         "workers, with a progress bar.", study_file=True)
     demo = _grid_parser("labbench demo", f"Run the demo study ({DEMO_STUDY.name}: fp, bc, bwn, "
@@ -293,12 +309,18 @@ def _build() -> dict[str, Callable[[Sequence[str] | None], int]]:
     retry.add_argument("--quiet", action="store_true", help="no progress bar")
     return {"grid": _entry(_grid, grid), "demo": _entry(_demo, demo),
             "worker": _entry(_worker, worker), "status": _entry(_status, status),
-            "repair": _entry(_repair, repair), "retry-failed": _entry(_retry_failed, retry)}
+            "repair": _entry(_repair, repair), "retry-failed": _entry(_retry_failed, retry)}, demo
 
 
-_MAINS = _build()
+_MAINS, _DEMO_PARSER = _build()
 grid_main = _MAINS["grid"]
-demo_main = _MAINS["demo"]
+
+
+def demo_main(argv: Sequence[str] | None = None, *, report: DemoReport | None = None) -> int:
+    """``labbench demo``: run the demo study, then ``report(study, root, tracking_uri)`` if given."""
+    return _entry(functools.partial(_demo, report=report), _DEMO_PARSER)(argv)
+
+
 worker_main = _MAINS["worker"]
 status_main = _MAINS["status"]
 repair_main = _MAINS["repair"]

@@ -155,8 +155,25 @@ EXTERNAL: dict[str, tuple[str, str, str]] = {
     "status": ("ablations.cli", "status_main", "a study's cells: done, running, queued, failed"),
     "retry-failed": ("ablations.cli", "retry_failed_main", "queue a study's failed cells again"),
     "repair": ("ablations.cli", "repair_main", "fail trials whose worker is gone; queue them again"),
-    "demo": ("ablations.cli", "demo_main", "a small real study on the Python stdlib (~5 min)"),
+    "demo": ("bench.cli", "demo_main", "a small real study on the Python stdlib, then its report"),
 }
+
+
+def demo_main(argv: Sequence[str] | None = None) -> int:
+    """``labbench demo``: the harness runs the demo study, then analysis renders its report.
+
+    Joined here because the CLI sits on top of both packages (DESIGN.md: ablations does not
+    import analysis).
+    """
+    from ablations.cli import demo_main as run_demo
+
+    def report(study: str, root: Path, tracking_uri: str) -> None:
+        from analysis.report import build_report
+
+        files = build_report(study, tracking_uri, Path(root) / "reports" / study)
+        print(f"report: {files.html}\n        {files.markdown}")
+
+    return run_demo(argv, report=report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -214,3 +214,20 @@ def test_search_mode_samples_with_tpe_and_runs_every_seed(tmp_path, capsys):
         assert sorted(r.data.tags["labbench.seed"] for r in runs) == ["0", "1"]
         assert t.value == pytest.approx(sum(r.data.metrics["test_acc"] for r in runs) / 2)
         assert {r.data.params["lr"] for r in runs} == {str(t.params["lr"])}
+
+
+def test_demo_runs_its_study_then_renders_the_report(tmp_path, capsys, monkeypatch):
+    """`labbench demo` = the demo study through the harness, then analysis' report of it (the
+    demo study itself takes minutes: a tiny stand-in takes its place)."""
+    import ablations.cli
+
+    doc = study_doc("demo", grid={"method": ["fp", "bc"]}, seeds=[0, 1])
+    monkeypatch.setattr(ablations.cli, "DEMO_STUDY", write_study(tmp_path, doc))
+    root = tmp_path / "runs"
+    code, out, err = cli(capsys, "demo", "--root", str(root), "--workers", "1", "--quiet")
+    assert code == 0, out + err
+    html = root / "reports" / "demo" / "report.html"
+    assert html.is_file() and str(html) in out
+    text = (root / "reports" / "demo" / "report.md").read_text()
+    assert "bc" in text and "fp" in text
+    assert any(p.suffix == ".png" for p in (root / "reports" / "demo" / "figures").iterdir())
