@@ -25,7 +25,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ from kernels import fused_adam_lab_step_, prox_binary, prox_mbit, prox_ternary
 __all__ = ["EPS_D", "QuantOptimizer", "QuantTarget"]
 
 EPS_D = 1e-8  # d = sqrt(v) + EPS_D, as in the reference code
+log = logging.getLogger(__name__)
 
 
 def clip_and_binarize(latent: torch.Tensor, v: torch.Tensor | None, granularity: str,
@@ -53,6 +55,26 @@ def clip_and_sign(latent: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     (copysign reads the sign bit, so -0.0 is made +0.0 first)."""
     latent.clamp_(-1.0, 1.0)
     return torch.copysign(scale, latent + 0.0)
+
+
+class _CompiledOrEager:
+    """``torch.compile(fn)``, falling back to ``fn`` for good when compiling fails (no C++
+    compiler on a CPU machine, an unsupported GPU, ...): compiling happens before the compiled
+    code runs, so nothing was mutated yet, and an error of ``fn`` itself is raised by ``fn``."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+        self.compiled: Callable[..., Any] | None = torch.compile(fn, dynamic=True)
+
+    def __call__(self, *args: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as err:  # torch._dynamo / inductor failures have no common base
+                log.warning("torch.compile of %s failed (%s: %s); running it eagerly",
+                            self.fn.__name__, type(err).__name__, str(err).splitlines()[0][:200])
+                self.compiled = None
+        return self.fn(*args)
 
 
 @dataclass
@@ -105,7 +127,8 @@ class QuantOptimizer:
         backend: `kernels` backend for the proximal operators.
         compile: run the clip + binarize step of binary methods (bc, bc-scaled, bwn, lab, ...)
             through `torch.compile` (two fused passes instead of about ten; the first step of a new
-            shape compiles, several seconds). Ternary and m-bit solvers stay eager.
+            shape compiles, several seconds). Ternary and m-bit solvers stay eager. Where
+            compiling fails (e.g. no C++ compiler) a warning is logged and the step runs eagerly.
         fused: do the whole step of the quantized weights in `kernels.fused_adam_lab_step_`: Adam's
             update of the latent weight, the clip and LAB's (or BWN's) binarization in two passes
             over all of them (Triton on CUDA; its torch reference elsewhere, unless ``backend``
@@ -132,12 +155,12 @@ class QuantOptimizer:
                              "also call the hand-written Triton ones: use backend='auto' or 'torch'")
         self.base = base
         self.backend = backend
+        self.compiled = compile
         # Inside torch.compile the proximal step is traced from its torch reference; "auto" would
         # pick the hand-written Triton kernel on CUDA, an opaque call that splits the fused graph.
         self._binarize_backend = "torch" if compile else backend
-        self._binarize = torch.compile(clip_and_binarize, dynamic=True) if compile \
-            else clip_and_binarize
-        self._sign = torch.compile(clip_and_sign, dynamic=True) if compile else clip_and_sign
+        self._binarize = _CompiledOrEager(clip_and_binarize) if compile else clip_and_binarize
+        self._sign = _CompiledOrEager(clip_and_sign) if compile else clip_and_sign
         self.ttq_threshold = ttq_threshold
         default_spec = method if isinstance(method, LayerSpec) else LayerSpec(
             get_method(method), bits if bits is not None else 3, levels or "linear")

@@ -317,3 +317,21 @@ def test_compile_refuses_handwritten_triton_kernels():
     with pytest.raises(ValueError, match="compile=True"):
         QuantOptimizer(weights(model), torch.optim.Adam(model.parameters()), "lab", compile=True,
                        backend="triton")
+
+
+def test_a_failed_compile_falls_back_to_the_eager_step(caplog):
+    """No C++ compiler (or an unsupported GPU) must not stop a run: the step runs eagerly."""
+    from bench.optim import _CompiledOrEager, clip_and_binarize
+
+    step = _CompiledOrEager(clip_and_binarize)
+
+    def broken(*args):
+        raise RuntimeError("InductorError: no working C++ compiler found")
+
+    step.compiled = broken
+    w = torch.linspace(-1.5, 1.5, 11)
+    expected = clip_and_binarize(w.clone(), None, "tensor", "torch")
+    with caplog.at_level("WARNING", logger="bench.optim"):
+        got = step(w, None, "tensor", "torch")
+    assert "running it eagerly" in caplog.text and step.compiled is None
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

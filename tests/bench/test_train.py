@@ -100,3 +100,24 @@ def test_runs_are_reproducible_in_a_fresh_process(tmp_path):
     there = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ("test_acc", "test_loss", "best_val_loss", "bits_per_weight"):
         assert there[key] == here[key], key
+
+
+def test_auto_backend_compiles_only_big_binary_steps_on_a_cpu_with_a_compiler(monkeypatch):
+    import bench.train as train
+    from bench.train import build_run, resolve_backend
+
+    def targets(config):
+        return build_run(config, in_shape=(1, 28, 28), classes=10).optimizer.targets
+
+    paper = targets(RunConfig(method="lab"))  # 784-2048x3-10: 10.5 M binary weights
+    small = targets(RunConfig(method="lab", hidden=64))
+    ternary = targets(RunConfig(method="lat"))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(train.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert resolve_backend("auto", cpu, paper) == "compile"
+    assert resolve_backend("auto", cpu, small) == "auto"  # compiling would cost more than it saves
+    assert resolve_backend("auto", cpu, ternary) == "auto"  # only the binary step is compiled
+    assert resolve_backend("auto", cuda, paper) == "auto"  # the hand-written Triton kernels
+    assert resolve_backend("torch", cpu, paper) == "torch"
+    monkeypatch.setattr(train.shutil, "which", lambda name: None)  # torch.compile needs a C++ compiler
+    assert resolve_backend("auto", cpu, paper) == "auto"
