@@ -17,7 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError, RunConfig
+from bench.config import FIELD_HELP, ConfigError, RunConfig
 
 __all__ = ["UsageError", "main"]
 
@@ -59,7 +59,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             continue
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", metavar="V",
                            type=_parser_for(f.type), default=argparse.SUPPRESS,
-                           help=f"{f.name} ({f.type}; default {f.default!r})")
+                           help=FIELD_HELP[f.name] + ("" if f.default is None
+                                                      else f" (default {f.default!r})"))
 
 
 def read_config_file(path: str) -> dict[str, Any]:

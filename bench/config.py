@@ -51,6 +51,41 @@ SHAPE_FIELDS = ("hidden", "layers", "width", "seq_len")
 DTYPES = ("float32", "bfloat16", "float16")
 BACKENDS = ("auto", "torch", "triton", "compile")
 
+# One line per RunConfig field for `labbench run --help` (choices are checked in _check_choices).
+FIELD_HELP: dict[str, str] = {
+    "model": " | ".join(MODELS),
+    "dataset": " | ".join(IMAGE_DATASETS + CHAR_DATASETS) + " | text:PATH",
+    "method": "a method of the README's table: fp, bc, bwn, lab, lat, laq, mixed, ...",
+    "bits": "laq: bits per weight, 2..8 (default 3)",
+    "levels": "laq: linear | log (default linear)",
+    "granularity": "scaled methods: one scale per tensor | channel | gate (default: gate for "
+                   "LSTMs, else tensor)",
+    "layer_methods": "mixed: 'PATTERN=METHOD[:BITS[:LEVELS]];...', e.g. '@first=laq:8;*=lab'",
+    "ttq_threshold": "ttq: delta = t * max|w| (default 0.05)",
+    "backend": "proximal step: auto (Triton on CUDA, torch.compile on CPU for >= 1M binary "
+               "weights, else torch) | torch | triton | compile",
+    "optimizer": " | ".join(OPTIMIZERS),
+    "lr": "learning rate (default: the model's)",
+    "weight_decay": "weight decay of the base optimizer",
+    "schedule": "const | cosine | paper | step:E1,E2:G | every:N:G | exp:G[:START]",
+    "epochs": "training epochs",
+    "steps": "cap on training steps over all epochs (quick runs)",
+    "batch_size": "batch size (default: the model's)",
+    "clip": "none | gate:C (LSTM gate-gradient clamp per step) | norm:C (global gradient norm); "
+            "default: the model's",
+    "loss": " | ".join(LOSSES) + " (classification)",
+    "seq_len": "characters per training sequence (char models; default: the model's)",
+    "hidden": "hidden units (mlp, lstm), FC width (cnn) or d_model (transformer); default: the model's",
+    "layers": "hidden layers (mlp), LSTM layers or transformer blocks (default: the model's)",
+    "width": "channels of the first stage (cnn K, resnets; default: the model's)",
+    "train_limit": "use only the first N training examples or characters",
+    "eval_limit": "use only the first N validation and test examples or characters",
+    "seed": "random seed (init, data order)",
+    "device": " | ".join(DEVICES) + " (auto: cuda when available)",
+    "dtype": " | ".join(DTYPES) + " autocast compute dtype (default: float32, bfloat16 for amp)",
+    "threads": "torch intra-op threads (default: torch's)",
+}
+
 # Per-model defaults, following the paper's setups (algorithms.md section 5.1) where it has one.
 # Keys absent from a model's entry do not apply to that model and must be left unset.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -139,7 +174,9 @@ class RunConfig:
     granularity: str | None = None  # scaled methods: "tensor" | "channel" | "gate" (LSTM only)
     layer_methods: str | None = None  # mixed: "PATTERN=METHOD[:BITS[:LEVELS]];..." first match wins
     ttq_threshold: float | None = None  # ttq: delta = t * max|w|, default 0.05
-    backend: str = "auto"  # prox kernels: auto (Triton on CUDA) | torch | triton | compile (CPU fast path)
+    # prox kernels: auto (Triton on CUDA; torch.compile on CPU for >= 1M binary weights) | torch |
+    # triton | compile
+    backend: str = "auto"
     # optimisation
     optimizer: str = "adam"
     lr: float | None = None
