@@ -8,12 +8,13 @@ child run laid out as docs/mlflow-layout.md says.
 The spec names are imported at once; the runner's (which pull in Optuna, MLflow and torch) on
 first use, so that a bad study file is reported before any of them is imported.
 
-Example:
-    >>> from ablations import parse_study, resolve_location  # doctest: +SKIP
-    >>> spec = parse_study("ablations/studies/demo.toml")  # doctest: +SKIP
-    >>> handle, created = create_or_resume(spec, resolve_location(root="runs", storage=None,
-    ...                                    tracking_uri=None), Heartbeat())  # doctest: +SKIP
-    >>> launch(handle, workers=2)  # doctest: +SKIP
+Example (trains the demo study, so not run as a doctest)::
+
+    from ablations import Heartbeat, create_or_resume, launch, parse_study, resolve_location
+    spec = parse_study("ablations/studies/demo.toml")
+    location = resolve_location(root="runs", storage=None, tracking_uri=None)
+    handle, created = create_or_resume(spec, location, Heartbeat())
+    launch(handle, workers=2)
 """
 
 from __future__ import annotations

@@ -2,12 +2,13 @@
 
 Reads studies by the names in docs/mlflow-layout.md and imports nothing else of labbench.
 
-Example:
-    >>> from analysis import load_runs, paired_bootstrap, build_report  # doctest: +SKIP
-    >>> uri = "sqlite:///labbench-runs/mlflow.db"
-    >>> frame = load_runs("bc-degradation", uri)  # doctest: +SKIP
-    >>> paired_bootstrap(frame)  # mean degradation per configuration  # doctest: +SKIP
-    >>> build_report("bc-degradation", uri, "out/")  # doctest: +SKIP
+Example (needs a recorded study, so not run as a doctest)::
+
+    from analysis import load_runs, paired_bootstrap, build_report
+    uri = "sqlite:///labbench-runs/mlflow.db"
+    frame = load_runs("bc-degradation", uri)
+    paired_bootstrap(frame)  # mean degradation per configuration
+    build_report("bc-degradation", uri, "out/")
 """
 
 from analysis.plots import (

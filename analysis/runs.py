@@ -77,9 +77,10 @@ def load_runs(study: str, tracking_uri: str, *, parent_run_id: str | None = None
         LookupError: no database, experiment or parent run for ``study`` at ``tracking_uri``.
         ValueError: a study tag that must be JSON (``labbench.baseline``, ``labbench.axes``) is not.
 
-    Example:
-        >>> frame = load_runs("bc-degradation", "sqlite:///runs/mlflow.db")  # doctest: +SKIP
-        >>> frame.groupby("method")["test_xent"].mean()  # doctest: +SKIP
+    Example (needs a recorded study, so not run as a doctest)::
+
+        frame = load_runs("bc-degradation", "sqlite:///runs/mlflow.db")
+        frame.groupby("method")["test_xent"].mean()
     """
     client = open_client(tracking_uri)
     experiment = open_experiment(client, study, tracking_uri)
