@@ -124,8 +124,8 @@ AUTO_COMPILE_MIN_WEIGHTS = 1_000_000
 def resolve_backend(backend: str, device: torch.device, targets: list[QuantTarget]) -> str:
     """What ``backend="auto"`` means for this run: ``"compile"`` on a CPU with a C++ compiler when
     at least `AUTO_COMPILE_MIN_WEIGHTS` weights take the binary step (the paper's MLP: eager LAB
-    costs 1.36x fp per step, compiled 1.01x, and the few seconds of compiling are repaid within
-    the first epoch); else ``"auto"`` (the hand-written Triton kernels on CUDA, the torch
+    costs 1.36x fp per step, compiled 1.0-1.15x across runs, and the few seconds of compiling
+    are repaid within the first epoch); else ``"auto"`` (the hand-written Triton kernels on CUDA, the torch
     reference elsewhere). Other values are returned as they are."""
     if backend != "auto" or device.type != "cpu":
         return backend
