@@ -286,8 +286,8 @@ def _build() -> tuple[dict[str, Callable[[Sequence[str] | None], int]], argparse
     grid = _grid_parser("labbench grid", "Create (or resume) a study and run it with local "
                         "workers, with a progress bar.", study_file=True)
     demo = _grid_parser("labbench demo", f"Run the demo study ({DEMO_STUDY.name}: fp, bc, bwn, "
-                        "lab x 2 seeds, a small LSTM on the Python standard library; about 5 "
-                        "minutes on 2 cores).", study_file=False)
+                        "lab x 2 seeds, a small LSTM on the Python standard library; 2-3 minutes "
+                        "on 2 cores), then render its report.", study_file=False)
     worker = _named_parser("labbench worker", "Join a study and run its cells until none is left "
                            "(from any machine that reaches its storage and tracking server).")
     worker.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
@@ -307,7 +307,7 @@ def _build() -> tuple[dict[str, Callable[[Sequence[str] | None], int]], argparse
     retry.add_argument("--workers", type=int, default=1, help="local workers (0: only queue them)")
     retry.add_argument("--threads", type=int, help="torch threads per worker")
     retry.add_argument("--quiet", action="store_true", help="no progress bar")
-    return {"grid": _entry(_grid, grid), "demo": _entry(_demo, demo),
+    return {"grid": _entry(_grid, grid),
             "worker": _entry(_worker, worker), "status": _entry(_status, status),
             "repair": _entry(_repair, repair), "retry-failed": _entry(_retry_failed, retry)}, demo
 

@@ -109,7 +109,7 @@ def test_auto_backend_compiles_only_big_binary_steps_on_a_cpu_with_a_compiler(mo
     def targets(config):
         return build_run(config, in_shape=(1, 28, 28), classes=10).optimizer.targets
 
-    paper = targets(RunConfig(method="lab"))  # 784-2048x3-10: 10.5 M binary weights
+    paper = targets(RunConfig(method="lab"))  # 784-2048x3-10: 10.0 M binary weights
     small = targets(RunConfig(method="lab", hidden=64))
     ternary = targets(RunConfig(method="lat"))
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
