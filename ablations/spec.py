@@ -133,13 +133,12 @@ class StudySpec:
         return {**space, "seed": list(self.seeds)}
 
     def grid_params(self, suggest: Callable[[str, list], Any]) -> dict[str, Any]:
-        """A grid trial's parameters, asked for define-by-run: ``suggest(name, choices)`` for
-        each ``[grid]`` axis, then the conditional axes of the method drawn, then ``seed``."""
+        """A grid trial's cell, asked for define-by-run: ``suggest(name, choices)`` for each
+        ``[grid]`` axis, then for the conditional axes of the method drawn (seed excluded)."""
         space = self.search_space()
         params = {name: suggest(name, space[name]) for name in sorted(self.grid)}
         for name in sorted(self.when.get(params.get("method"), {})):
             params[name] = suggest(name, space[name])
-        params["seed"] = suggest("seed", space["seed"])
         return params
 
     def config(self, params: dict[str, Any], seed: int) -> RunConfig:
