@@ -59,25 +59,40 @@ class SignActivation(nn.Module):
         return sign_ste(x)
 
 
+class ClampSwitch:
+    """Read when the gradient flows back, not when the graph is built: with ``on`` False, every
+    `gate_grad_clamp` of a graph passes its gradient through unclamped (and counts nothing). One
+    forward then serves two backwards: the raw gradient, then the clipped one (`bench.train`'s
+    ``grad_norm_raw`` diagnostic)."""
+
+    def __init__(self) -> None:
+        self.on = True
+
+
 class _GateGradClamp(torch.autograd.Function):
     """Identity forward; clamps the incoming gradient to [-c, c] (Lasagne's grad_clipping)."""
 
     @staticmethod
-    def forward(ctx, g: torch.Tensor, c: float, counts: torch.Tensor | None) -> torch.Tensor:
-        ctx.c, ctx.counts = c, counts
+    def forward(ctx, g: torch.Tensor, c: float, counts: torch.Tensor | None,
+                switch: ClampSwitch | None) -> torch.Tensor:
+        ctx.c, ctx.counts, ctx.switch = c, counts, switch
         return g.view_as(g)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        if ctx.switch is not None and not ctx.switch.on:
+            return grad, None, None, None
         if ctx.counts is not None:  # [clamped elements, all elements]
             ctx.counts[0] += (grad.abs() > ctx.c).sum()
             ctx.counts[1] += grad.numel()
-        return grad.clamp(-ctx.c, ctx.c), None, None
+        return grad.clamp(-ctx.c, ctx.c), None, None, None
 
 
-def gate_grad_clamp(g: torch.Tensor, c: float, counts: torch.Tensor | None = None) -> torch.Tensor:
-    """Clamp the gradient flowing back into `g` to [-c, c]; optionally count clamped elements."""
-    return _GateGradClamp.apply(g, c, counts)
+def gate_grad_clamp(g: torch.Tensor, c: float, counts: torch.Tensor | None = None,
+                    switch: ClampSwitch | None = None) -> torch.Tensor:
+    """Clamp the gradient flowing back into `g` to [-c, c]; optionally count clamped elements.
+    A `switch` turned off at backward time lets the gradient through unclamped."""
+    return _GateGradClamp.apply(g, c, counts, switch)
 
 
 class LSTMLayer(nn.Module):
@@ -116,6 +131,10 @@ class LSTM(nn.Module):
             LSTMLayer(input_size if i == 0 else hidden, hidden) for i in range(layers))
         self.gate_clip: float | None = None
         self.clip_counts: torch.Tensor | None = None  # set to a (2,) tensor to count clamping
+        self.clamp_switch = ClampSwitch()  # off at backward time: an unclamped gradient
+        # set to a list to receive, per layer, the list of its T hidden states h_t (graph nodes:
+        # torch.autograd.grad can differentiate w.r.t. them; `bench.diagnostics.lstm_bptt`)
+        self.hidden_states: list[list[torch.Tensor]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T) token indices or (B, T, I) features -> (B, T, H); every chunk starts at h=c=0."""
@@ -138,12 +157,14 @@ class LSTM(nn.Module):
         for x_t in xw.unbind(dim=1):
             g = x_t + h @ w_hh_t  # (B, 4H)
             if self.gate_clip is not None and torch.is_grad_enabled():
-                g = gate_grad_clamp(g, self.gate_clip, self.clip_counts)
+                g = gate_grad_clamp(g, self.gate_clip, self.clip_counts, self.clamp_switch)
             i, f, c_tilde, o = g.chunk(4, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(c_tilde)
             act = torch.tanh(c) if self.activation == "tanh" else sign_ste(c)
             h = torch.sigmoid(o) * act
             outputs.append(h)
+        if self.hidden_states is not None:
+            self.hidden_states.append(outputs)
         return torch.stack(outputs, dim=1)  # (B, T, H)
 
 

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +125,10 @@ class QuantOptimizer:
             quantity (Adam/AdamW without amsgrad/maximize and, for Adam, weight_decay 0; same beta2),
             saving a weight-sized buffer; ``"own"`` always keeps its own EMA of g^2.
         ttq_threshold: TTQ's t in delta = t * max|w|.
+        fixed_scale: methods with a frozen scale (``bc-scaled``): alpha = fixed_scale / sqrt(n)
+            for every weight, n its fan-in (``prod(shape[1:])``; an LSTM gate block's fan-in is
+            H), frozen for the whole run; ``fixed_scale = sqrt(n)`` is unscaled BinaryConnect.
+            None: the first step's BWN scale mean|w| (per group), then frozen.
         backend: `kernels` backend for the proximal operators.
         compile: run the clip + binarize step of binary methods (bc, bc-scaled, bwn, lab, ...)
             through `torch.compile` (two fused passes instead of about ten; the first step of a new
@@ -146,7 +151,8 @@ class QuantOptimizer:
     def __init__(self, params: Iterable[Any], base: torch.optim.Optimizer,
                  method: str | LayerSpec = "lab", *, granularity: str = "tensor",
                  bits: int | None = None, levels: str | None = None, beta2: float | None = None,
-                 curvature: str = "auto", ttq_threshold: float = 0.05, backend: str = "auto",
+                 curvature: str = "auto", ttq_threshold: float = 0.05,
+                 fixed_scale: float | None = None, backend: str = "auto",
                  compile: bool = False, fused: bool = False):
         if curvature not in ("auto", "own"):
             raise ValueError(f"curvature: expected 'auto' or 'own', got {curvature!r}")
@@ -162,6 +168,9 @@ class QuantOptimizer:
         self._binarize = _CompiledOrEager(clip_and_binarize) if compile else clip_and_binarize
         self._sign = _CompiledOrEager(clip_and_sign) if compile else clip_and_sign
         self.ttq_threshold = ttq_threshold
+        if fixed_scale is not None and not 0 < fixed_scale < math.inf:
+            raise ValueError(f"fixed_scale: expected a finite number > 0, got {fixed_scale!r}")
+        self.fixed_scale = fixed_scale
         default_spec = method if isinstance(method, LayerSpec) else LayerSpec(
             get_method(method), bits if bits is not None else 3, levels or "linear")
         self.targets: list[QuantTarget] = []
@@ -270,6 +279,11 @@ class QuantOptimizer:
         v = self._v(t)
         v_view = None if v is None else t.grouped(v)[0]
         if m.weights == "binary" and m.fixed_scale:
+            if "fixed_alpha" not in t.state and self.fixed_scale is not None:
+                fan_in = math.prod(latent.shape[1:])  # alpha * sqrt(n) = fixed_scale
+                groups = () if gran == "tensor" else (view.shape[0],)
+                t.state["fixed_alpha"] = torch.full(groups, self.fixed_scale / math.sqrt(fan_in),
+                                                    dtype=latent.dtype, device=latent.device)
             if "fixed_alpha" not in t.state:  # the first step's BWN scale, then frozen
                 t.state["fixed_alpha"] = self._binarize(view, None, gran,
                                                              self._binarize_backend)[1]

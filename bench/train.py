@@ -2,9 +2,9 @@
 
 `run(config)` reads top to bottom: build everything from the `RunConfig`, train epoch by epoch,
 evaluate on validation (and on test whenever validation improves, so the test metric is the one
-at the best validation epoch, as the paper reports), hand every number to the recorder. A loss that
-becomes NaN or infinite ends the run early with ``diverged = 1``: BinaryConnect diverging is one of
-the things we measure, so it is a result, not a crash.
+at the best validation epoch, as the paper reports), hand every number to the recorder. A run
+that diverges ends early with ``diverged = 1`` and a reason (`DIVERGENCE`): BinaryConnect diverging
+is one of the things we measure, so it is a result, not a crash.
 """
 
 from __future__ import annotations
@@ -24,16 +24,28 @@ from torch import nn
 
 from bench.config import ConfigError, RunConfig, parse_clip, parse_schedule
 from bench.data import CharData, ImageData, load_dataset
+from bench.diagnostics import grad_norms, lstm_bptt
 from bench.layers import LSTM, init_weights, quantizable_weights
 from bench.methods import LayerSpec, resolve_layers
 from bench.models import build_model
 from bench.optim import QuantOptimizer, QuantTarget
 from bench.record import NullRecorder, Recorder, env_info, peak_rss_mb
 
-__all__ = ["DIAG_EVERY", "RunResult", "build_run", "run"]
+__all__ = ["DIAG_EVERY", "DIVERGENCE", "RunResult", "build_run", "run"]
 
 DIAG_EVERY = 10  # per-layer gradient norms and flip ratios are sampled every N steps (and step 1)
 GATES = "ifco"  # LSTM gate order
+BPTT_BATCH = 32  # held-out sequences (the first of the validation split) for the BPTT profile
+
+# When a run counts as diverged (``diverged = 1``, tag ``labbench.diverged_reason``). The chance
+# loss is that of a model predicting nothing: ln(K) for cross-entropy over K classes or
+# characters, 1 for the squared hinge at zero outputs.
+DIVERGENCE = {
+    "nonfinite": "a training or validation loss is NaN or infinite",
+    "bound": "a training step's loss exceeds 100x the chance loss",
+    "no_progress": "an epoch's mean training loss stays above 3x the chance loss",
+}
+BOUND_FACTOR, NO_PROGRESS_FACTOR = 100.0, 3.0
 
 
 @dataclass
@@ -114,7 +126,8 @@ def build_run(config: RunConfig, *, in_shape: tuple[int, ...], classes: int) -> 
                            else "tensor", gates=w.gates, recurrent=w.recurrent) for w in weights]
     compiled = resolve_backend(config.backend, device, targets) == "compile"
     optimizer = QuantOptimizer(targets, base, backend="torch" if compiled else config.backend,
-                               ttq_threshold=config.ttq_threshold or 0.05, compile=compiled)
+                               ttq_threshold=config.ttq_threshold or 0.05,
+                               fixed_scale=config.fixed_scale, compile=compiled)
     return Built(model, optimizer, weights, specs, device)
 
 
@@ -174,13 +187,17 @@ def evaluate(model: nn.Module, data: ImageData | CharData, split: str, config: R
 
 
 def _spectral(built: Built, alphas: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Largest singular value of each H x H gate block of the (quantized) recurrent matrices, and
-    Proposition 3.2's lower bound alpha * sqrt(H) for binary ones (a +-1 m x n matrix with m <= n
-    has spectral norm >= sqrt(n))."""
+    """Largest singular value of each (quantized) recurrent matrix as the forward pass uses it:
+    the whole 4H x H matrix (``spectral_whole/``, comparable across methods, full precision
+    included) and each H x H gate block (``spectral/``). For binary methods also Proposition
+    3.2's lower bound alpha * sqrt(H) (a +-1 m x n matrix with m <= n has spectral norm >=
+    sqrt(n)); the bound holds for every such matrix, so it is a reference line, not evidence."""
     out = {}
     for w in built.weights:
         if not w.recurrent:
             continue
+        out[f"spectral_whole/{w.name}"] = torch.linalg.matrix_norm(
+            w.param.detach().float(), ord=2).item()
         blocks = w.param.detach().float().reshape(w.gates, -1, w.param.shape[1])  # (4, H, H)
         norms = torch.linalg.matrix_norm(blocks, ord=2).tolist()
         spec = built.specs[w.name]
@@ -278,11 +295,15 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
     generator = torch.Generator().manual_seed(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     names = [w.name for w in built.weights]
+    chance = 1.0 if config.loss == "sq-hinge" else math.log(len(data.vocab) if lm else data.classes)
+    bptt_batch = (next(data.eval_batches("val", BPTT_BATCH, config.seq_len or 0))
+                  if lstms and lm else None)
 
     history: list[dict[str, float]] = []
     step_times: list[float] = []
     best: dict[str, float] | None = None
     best_epoch, diverged, step = 0, False, 0
+    reason = ""
     steps_per_epoch = data.train_steps_per_epoch(config.batch_size, config.seq_len or 0)
     if steps_per_epoch == 0:
         raise ConfigError("batch_size", f"{config.batch_size} batches of seq_len "
@@ -295,6 +316,8 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
         sums = {"loss": 0.0, "n": 0, "clipped": 0.0, "clip_total": 0.0}
         grad_sum = dict.fromkeys(names, 0.0)
         grad_max = dict.fromkeys(names, 0.0)
+        raw_sum = dict.fromkeys(names, 0.0)
+        raw_max = dict.fromkeys(names, 0.0)
         flips = dict.fromkeys(names, 0.0)
         n_diag = 0
         task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=steps_per_epoch) if bar else None
@@ -309,23 +332,29 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
                 logits = model(x)
             loss = loss_fn(config.loss, logits, y)
             opt.zero_grad()
+            raw = None
+            if diag and names and clip_kind == "gate":
+                # the raw gradient: one more backward through the same graph, clamps switched
+                # off (costs about one backward on every DIAG_EVERY-th step)
+                for m in lstms:
+                    m.clamp_switch.on = False
+                raw = grad_norms(torch.autograd.grad(
+                    scaler.scale(loss), [w.param for w in built.weights], retain_graph=True,
+                    allow_unused=True), scale=scaler.get_scale() if scaler.is_enabled() else 1.0)
+                for m in lstms:
+                    m.clamp_switch.on = True
             scaler.scale(loss).backward()
             loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                diverged = True
+            if not math.isfinite(loss_value) or loss_value > BOUND_FACTOR * chance:
+                diverged, reason = True, "nonfinite" if not math.isfinite(loss_value) else "bound"
                 break
             skip = False
             if scaler.is_enabled():  # float16: unscale, and skip steps with inf/NaN gradients
                 scaler.unscale_(opt.base)
                 skip = not all(bool(torch.isfinite(p.grad).all()) for p in params
                                if p.grad is not None)
-            if diag:  # gradient norms d loss / d w_hat before clipping, per quantized layer
-                norms = torch.stack([w.param.grad.float().norm() if w.param.grad is not None
-                                     else torch.zeros((), device=device)
-                                     for w in built.weights]).tolist() if names else []
-                for name, g in zip(names, norms, strict=True):
-                    grad_sum[name] += g
-                    grad_max[name] = max(grad_max[name], g)
+            if diag and raw is None:  # no gate clamp: the gradient so far is the raw one
+                raw = grad_norms([w.param.grad for w in built.weights])
             if clip_kind == "norm":
                 total = torch.nn.utils.clip_grad_norm_(params, clip_c)
                 sums["clipped"] += float(total > clip_c)
@@ -333,6 +362,14 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
             elif counts is not None:
                 sums["clipped"] += counts[0].item()
                 sums["clip_total"] += counts[1].item()
+            if diag:  # d loss / d w_hat per quantized layer: raw, and as the optimizer gets it
+                got = (raw if clip_kind == "none"
+                       else grad_norms([w.param.grad for w in built.weights]))
+                for name, r, g in zip(names, raw, got, strict=True):
+                    raw_sum[name] += r
+                    raw_max[name] = max(raw_max[name], r)
+                    grad_sum[name] += g
+                    grad_max[name] = max(grad_max[name], g)
             if not skip:
                 opt.step(track_flips=diag)
             scaler.update()
@@ -353,12 +390,14 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
                 break
         if bar:
             bar.remove_task(task)
+        if not diverged and sums["loss"] / max(sums["n"], 1) > NO_PROGRESS_FACTOR * chance:
+            diverged, reason = True, "no_progress"
         if diverged:
             break
 
         val = evaluate(model, data, "val", config, device, autocast)
         if not math.isfinite(val["loss"]):
-            diverged = True
+            diverged, reason = True, "nonfinite"
             break
         key = "xent" if lm else "acc"
         better = best is None or (val[key] < best["val"][key] if lm else
@@ -376,9 +415,16 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
         if n_diag:
             row.update({f"grad_norm/{k}": v / n_diag for k, v in grad_sum.items()})
             row.update({f"grad_norm_max/{k}": v for k, v in grad_max.items()})
+            row.update({f"grad_norm_raw/{k}": v / n_diag for k, v in raw_sum.items()})
+            row.update({f"grad_norm_raw_max/{k}": v for k, v in raw_max.items()})
             row.update({f"flip_ratio/{t.name}": flips[t.name] / n_diag for t in opt.targets})
         if clip_kind != "none":
             row["clip_frac"] = sums["clipped"] / max(sums["clip_total"], 1)
+        if bptt_batch is not None:
+            with autocast():
+                profile = lstm_bptt(model, *(t.to(device) for t in bptt_batch))
+            row["bptt_growth"] = profile["bptt_growth"]
+            recorder.log_dict({"epoch": epoch, **profile}, f"bptt/epoch-{epoch}.json")
         history.append(row)
         recorder.log_metrics(row, step=epoch)
         scheduler.step()
@@ -405,6 +451,9 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
         **model_cost(built, config),
     })
     recorder.log_metrics(metrics, step=len(history))
+    if diverged:
+        recorder.set_tags({"labbench.diverged_reason": reason})
+    info["diverged_reason"] = reason
     return RunResult(config, metrics, history, info)
 
 
