@@ -1,9 +1,12 @@
-"""Statistics on a study frame: paired degradation, bootstrap CIs over seeds, factor effects.
+"""Statistics on a study frame: paired degradation, small-n intervals over seeds, factor effects.
 
-Conventions (shared/reference/harness.md section 4): the seed is a block, shared by every
-configuration, so comparisons with the baseline are paired by seed; a confidence interval is a
-bootstrap over seeds; p-values of many comparisons are Holm-corrected; the ANOVA needs a balanced
-design and refuses otherwise. Everything is deterministic given ``seed``.
+Conventions (docs/analysis.md): the seed is a block, shared by every configuration, so
+comparisons with the baseline are paired by seed and the ANOVA has seed as a block; the interval
+of a mean over seeds is the Student t-interval (df = n - 1), with a BCa bootstrap interval beside
+it only from 5 seeds up (never below: it undercovers badly there); effect sizes come with
+intervals (Cohen's d_z for paired differences, partial eta squared for ANOVA terms); p-values of
+many comparisons are Holm-corrected; the ANOVA needs a balanced design and refuses otherwise.
+Everything is deterministic given ``seed``.
 """
 
 from __future__ import annotations
@@ -19,20 +22,37 @@ from scipy import stats as st
 from statsmodels.stats.multitest import multipletests
 
 from analysis._anova import factor_effects
+from analysis._intervals import (
+    MIN_BOOTSTRAP_N,
+    bca_interval,
+    d_z_interval,
+    partial_eta_sq_interval,
+    t_interval,
+)
 
 __all__ = [
+    "MIN_BOOTSTRAP_N",
+    "bca_interval",
+    "d_z_interval",
     "degradation",
     "factor_effects",
     "holm_adjust",
     "mean_ci",
     "paired_bootstrap",
+    "paired_intervals",
     "pareto_mask",
+    "partial_eta_sq_interval",
+    "t_interval",
 ]
 
 logger = logging.getLogger(__name__)
 
 _DIRECTIONS = ("minimize", "maximize")
-_MIN_WILCOXON = 6  # below 6 pairs the exact two-sided Wilcoxon p cannot reach 0.05 (harness.md 4)
+_MIN_WILCOXON = 6  # below 6 pairs the exact two-sided Wilcoxon p cannot reach 0.05
+_COLUMNS = [  # paired_intervals' columns after the group keys
+    "n", "df", "mean", "sd", "ci_low", "ci_high", "ci_method", "d_z", "d_z_low", "d_z_high",
+    "boot_low", "boot_high", "p_ttest", "p_holm", "p_wilcoxon", "p_wilcoxon_holm", "note",
+]  # fmt: skip
 
 
 def degradation(
@@ -127,107 +147,128 @@ def degradation(
     return out
 
 
-def paired_bootstrap(
+def paired_intervals(
     data: pd.DataFrame,
     by: Sequence[str] | None = None,
     *,
+    ci: float = 0.95,
+    ci_method: str = "t",
     n_boot: int = 10_000,
     seed: int = 0,
-    ci: float = 0.95,
 ) -> pd.DataFrame:
-    """Mean degradation per group with a bootstrap CI over seeds, paired tests and Holm p-values.
+    """Mean paired degradation per group with its t-interval, Cohen's d_z, tests and Holm p-values.
 
-    Within a group the degradations are first averaged per seed (the seed is the resampled unit,
-    so a group spanning several configurations is not treated as having more seeds than it has).
-    With ``d`` the per-seed means and ``n = len(d)``:
+    Within a group the degradations are first averaged per seed (the seed is the unit, so a group
+    spanning several configurations is not treated as having more seeds than it has). With ``d``
+    the per-seed differences and ``n = len(d)``, ``df = n - 1``:
 
-    - n >= 2, ``d`` not constant: BCa interval of the mean from ``scipy.stats.bootstrap`` with
-      ``n_boot`` resamples and ``rng = numpy.random.default_rng(seed)`` (a fresh generator per
-      group, so a group's CI does not depend on which other groups exist); one-sample t-test of
-      ``d`` against 0 (= the paired t-test of value vs baseline); Wilcoxon signed-rank when
-      n >= 6 (below that its two-sided p cannot fall under 0.0625).
-    - n >= 2, constant ``d``: the degenerate CI [d, d]; no test (p is NaN).
-    - n == 1: the mean only; CI and p are NaN (refusal noted in ``note``). n == 0: all NaN.
+    - ``ci_low``/``ci_high``: the Student t-interval of the mean of ``d`` (the paired
+      t-interval, exact for normal differences at any n >= 2). This is the interval to read.
+    - ``d_z`` = mean / sd of ``d`` (Cohen's d_z, the paired standardised effect) with its
+      interval from the noncentral t (``d_z_low``, ``d_z_high``).
+    - ``boot_low``/``boot_high``: a BCa bootstrap interval (``n_boot`` resamples, a fresh
+      ``default_rng(seed)`` per group) only when n >= 5; below that it is refused (NaN, and the
+      note says so), because a bootstrap interval cannot be wider than the values it resamples:
+      at n = 2 a nominal 95% BCa interval covers the true mean about half the time. It stays a
+      secondary column at n >= 5 (still short of 95% there for normal data: about 84% at n = 5);
+      ``ci_method="bca"`` puts it into ``ci_low``/``ci_high`` instead and then refuses groups
+      with 2 <= n < 5 outright.
+    - ``p_ttest``: one-sample t-test of ``d`` against 0 (= the paired t-test of value vs
+      baseline); ``p_wilcoxon``: signed-rank test when n >= 6 (below that its two-sided p cannot
+      fall under 0.0625). Both are Holm-corrected over all groups (``p_holm``,
+      ``p_wilcoxon_holm``).
+    - constant ``d`` (n >= 2): the degenerate CI [d, d], no d_z, no test. n == 1: the mean only.
+      n == 0: all NaN.
 
     Args:
         data: a :func:`degradation` table, or a :func:`analysis.load_runs` frame (its degradation
             is computed first with the defaults from attrs).
         by: grouping columns; default every axis (one group per non-baseline configuration).
-        n_boot: bootstrap resamples.
+        ci: confidence level in (0, 1) of every interval.
+        ci_method: ``"t"`` (default) or ``"bca"``: which interval fills ``ci_low``/``ci_high``.
+        n_boot: bootstrap resamples; 0 skips the bootstrap column (only with ``ci_method="t"``).
         seed: seed of the bootstrap generator.
-        ci: confidence level in (0, 1).
 
     Returns:
-        One row per group: the ``by`` columns, ``n_seeds``, ``mean``, ``sd``, ``ci_low``,
-        ``ci_high``, ``p_ttest``, ``p_holm`` (Holm over all groups' finite t-test p-values),
+        One row per group: the ``by`` columns, ``n``, ``df``, ``mean``, ``sd``, ``ci_low``,
+        ``ci_high``, ``ci_method`` (``t``, ``BCa``, ``degenerate`` or empty), ``d_z``,
+        ``d_z_low``, ``d_z_high``, ``boot_low``, ``boot_high``, ``p_ttest``, ``p_holm``,
         ``p_wilcoxon``, ``p_wilcoxon_holm``, ``note`` (empty, or why a value is missing; also
-        counts runs left out for a NaN objective). attrs: the input's plus ``ci``, ``n_boot``,
-        ``seed``, ``ci_method``.
+        counts runs left out for a NaN objective). attrs: the input's plus ``ci``, ``ci_method``,
+        ``n_boot``, ``seed`` and ``min_bootstrap_n`` (5).
 
     Raises:
-        ValueError: ``by`` names a missing column, ``ci`` is outside (0, 1) or ``n_boot`` < 1.
+        ValueError: ``by`` names a missing column, ``ci`` is outside (0, 1), ``ci_method`` is
+            unknown, ``n_boot`` < 0 (or 0 with ``"bca"``), or ``ci_method="bca"`` and a group
+            has 2 to 4 seeds (the message names the groups).
     """
-    if not 0.0 < ci < 1.0:
-        raise ValueError(f"paired_bootstrap: ci must be in (0, 1), got {ci=}")
-    if n_boot < 1:
-        raise ValueError(f"paired_bootstrap: n_boot must be >= 1, got {n_boot=}")
+    _check_ci_args("paired_intervals", ci, ci_method, n_boot)
     table = data if "degradation" in data.columns else degradation(data)
     by = list(by) if by is not None else list(table.attrs.get("axes") or [])
     if not by:
-        raise ValueError("paired_bootstrap: no grouping columns (by=) and no axes in attrs")
-    _require(table, [*by, "seed", "degradation"], "paired_bootstrap")
-    rows = []
+        raise ValueError("paired_intervals: no grouping columns (by=) and no axes in attrs")
+    _require(table, [*by, "seed", "degradation"], "paired_intervals")
+    groups = []
     for key, group in table.groupby(by, sort=True, dropna=False):
-        nan = int(group["degradation"].isna().sum())
         per_seed = group.dropna(subset=["degradation"]).groupby("seed")["degradation"].mean()
-        row = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
-        row.update(_summarise(per_seed.to_numpy(dtype=float), n_boot, seed, ci))
+        label = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
+        groups.append((label, per_seed.to_numpy(dtype=float), int(group["degradation"].isna().sum())))
+    if ci_method == "bca":
+        small = [f"{_label(label)} (n={len(d)})" for label, d, _ in groups if 2 <= len(d) < MIN_BOOTSTRAP_N]
+        if small:
+            raise ValueError(
+                f"paired_intervals: no bootstrap CI with fewer than {MIN_BOOTSTRAP_N} seeds, and "
+                f"{len(small)} group(s) have fewer: {', '.join(small[:10])}; use ci_method='t'"
+            )
+    rows = []
+    for label, d, nan in groups:
+        row = {**label, **_summarise(d, ci, ci_method, n_boot, seed)}
         if nan:
             row["note"] = "; ".join(filter(None, [row["note"], f"{nan} run(s) with NaN left out"]))
         rows.append(row)
-    out = pd.DataFrame(rows)
+    out = pd.DataFrame(rows, columns=[*by, *_COLUMNS])
     out["p_holm"] = holm_adjust(out["p_ttest"].to_numpy())
     out["p_wilcoxon_holm"] = holm_adjust(out["p_wilcoxon"].to_numpy())
-    order = [
-        "n_seeds",
-        "mean",
-        "sd",
-        "ci_low",
-        "ci_high",
-        "p_ttest",
-        "p_holm",
-        "p_wilcoxon",
-        "p_wilcoxon_holm",
-        "note",
-    ]
-    out = out[[*by, *order]]
-    out.attrs = {**table.attrs, "ci": ci, "n_boot": n_boot, "seed": seed, "ci_method": "BCa"}
+    out.attrs = {**table.attrs, "ci": ci, "ci_method": "BCa" if ci_method == "bca" else "t",
+                 "n_boot": n_boot, "seed": seed, "min_bootstrap_n": MIN_BOOTSTRAP_N}  # fmt: skip
     return out
 
 
-def mean_ci(
-    values: Sequence[float] | np.ndarray, *, n_boot: int = 10_000, seed: int = 0, ci: float = 0.95
-) -> dict:
-    """Mean of ``values`` with the BCa bootstrap CI that :func:`paired_bootstrap` uses.
+paired_bootstrap = paired_intervals  # the former name (it now leads with the t-interval)
 
-    NaN values are dropped first. The same refusals apply: n == 1 gives no CI, constant values
+
+def mean_ci(
+    values: Sequence[float] | np.ndarray,
+    *,
+    ci: float = 0.95,
+    ci_method: str = "t",
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> dict:
+    """Mean of ``values`` with the interval :func:`paired_intervals` would give them.
+
+    NaN values are dropped first. The Student t-interval by default; ``ci_method="bca"`` gives
+    the BCa bootstrap interval and refuses n from 2 to 4. n == 1 gives no CI; constant values
     give the degenerate CI [c, c].
 
     Args:
-        values: shape (n,), one value per seed.
-        n_boot, seed, ci: as in :func:`paired_bootstrap`.
+        values: shape (n,), one value per seed (or per run).
+        ci, ci_method, n_boot, seed: as in :func:`paired_intervals`.
 
     Returns:
-        ``{"n": n, "mean": ..., "sd": ..., "ci_low": ..., "ci_high": ..., "note": ...}``.
+        ``{"n", "df", "mean", "sd", "ci_low", "ci_high", "ci_method", "note"}``.
+
+    Raises:
+        ValueError: as :func:`paired_intervals`, for these values.
     """
+    _check_ci_args("mean_ci", ci, ci_method, n_boot)
     d = np.asarray(values, dtype=float)
     d = d[np.isfinite(d)]
-    row = _summarise(d, n_boot, seed, ci)
-    return {
-        "n": row["n_seeds"],
-        **{k: row[k] for k in ("mean", "sd", "ci_low", "ci_high")},
-        "note": row["note"] if "Wilcoxon" not in row["note"] else "",
-    }
+    if ci_method == "bca" and 2 <= len(d) < MIN_BOOTSTRAP_N:
+        raise ValueError(f"mean_ci: no bootstrap CI with fewer than {MIN_BOOTSTRAP_N} values, got "
+                         f"n={len(d)}; use ci_method='t'")  # fmt: skip
+    row = _summarise(d, ci, ci_method, 0 if ci_method == "t" else n_boot, seed, tests=False)
+    return {k: row[k] for k in ("n", "df", "mean", "sd", "ci_low", "ci_high", "ci_method", "note")}
 
 
 def holm_adjust(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -284,19 +325,13 @@ def pareto_mask(cost: Sequence[float], value: Sequence[float], direction: str) -
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _summarise(d: np.ndarray, n_boot: int, seed: int, ci: float) -> dict:
-    """Mean, sd, CI and p-values of per-seed differences ``d`` (see paired_bootstrap)."""
+def _summarise(
+    d: np.ndarray, ci: float, ci_method: str, n_boot: int, seed: int, *, tests: bool = True
+) -> dict:
+    """n, mean, sd, intervals, d_z and p-values of per-seed differences ``d`` (paired_intervals)."""
     n = len(d)
-    row = {
-        "n_seeds": n,
-        "mean": np.nan,
-        "sd": np.nan,
-        "ci_low": np.nan,
-        "ci_high": np.nan,
-        "p_ttest": np.nan,
-        "p_wilcoxon": np.nan,
-        "note": "",
-    }
+    row: dict = dict.fromkeys(_COLUMNS, np.nan)
+    row.update(n=n, ci_method="", note="")
     if n == 0:
         row["note"] = "no paired runs"
         return row
@@ -304,30 +339,49 @@ def _summarise(d: np.ndarray, n_boot: int, seed: int, ci: float) -> dict:
     if n == 1:
         row["note"] = "1 seed: no CI or test"
         return row
+    row["df"] = n - 1
     row["sd"] = float(d.std(ddof=1))
     if np.ptp(d) == 0.0:
         row["ci_low"] = row["ci_high"] = float(d[0])
+        row["ci_method"] = "degenerate"
         row["note"] = "constant differences: degenerate CI, no test"
         return row
-    res = st.bootstrap(
-        (d,),
-        np.mean,
-        n_resamples=n_boot,
-        confidence_level=ci,
-        method="BCa",
-        rng=np.random.default_rng(seed),
-        vectorized=True,
-    )
-    row["ci_low"] = float(res.confidence_interval.low)
-    row["ci_high"] = float(res.confidence_interval.high)
-    row["p_ttest"] = float(st.ttest_1samp(d, 0.0).pvalue)
-    if n >= _MIN_WILCOXON:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # ties/zeros: normal approximation
-            row["p_wilcoxon"] = float(st.wilcoxon(d).pvalue)
-    else:
-        row["note"] = f"n={n} < {_MIN_WILCOXON}: no Wilcoxon test"
+    notes = []
+    low, high, _ = t_interval(d, ci)
+    row.update(ci_low=float(low), ci_high=float(high), ci_method="t")
+    row["d_z"] = row["mean"] / row["sd"]
+    row["d_z_low"], row["d_z_high"] = (float(v) for v in d_z_interval(row["d_z"], n, ci))
+    if n_boot and n >= MIN_BOOTSTRAP_N:
+        low, high = bca_interval(d, n_boot=n_boot, seed=seed, ci=ci)
+        row.update(boot_low=float(low), boot_high=float(high))
+        if ci_method == "bca":
+            row.update(ci_low=row["boot_low"], ci_high=row["boot_high"], ci_method="BCa")
+    elif n_boot:
+        notes.append(f"n={n} < {MIN_BOOTSTRAP_N}: no bootstrap CI")
+    if tests:
+        row["p_ttest"] = float(st.ttest_1samp(d, 0.0).pvalue)
+        if n >= _MIN_WILCOXON:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # ties/zeros: normal approximation
+                row["p_wilcoxon"] = float(st.wilcoxon(d).pvalue)
+        else:
+            notes.append(f"n={n} < {_MIN_WILCOXON}: no Wilcoxon test")
+    row["note"] = "; ".join(notes)
     return row
+
+
+def _check_ci_args(where: str, ci: float, ci_method: str, n_boot: int) -> None:
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"{where}: ci must be in (0, 1), got {ci=}")
+    if ci_method not in ("t", "bca"):
+        raise ValueError(f"{where}: ci_method must be 't' or 'bca', got {ci_method=}")
+    if n_boot < (1 if ci_method == "bca" else 0):
+        raise ValueError(f"{where}: n_boot must be >= {int(ci_method == 'bca')} with "
+                         f"ci_method={ci_method!r}, got {n_boot=}")  # fmt: skip
+
+
+def _label(key: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in key.items())
 
 
 def _setting(value, attrs: dict, key: str, where: str):
