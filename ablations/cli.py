@@ -133,8 +133,9 @@ def _run_study(spec: StudySpec, args: argparse.Namespace, *, where: bool = True)
     if location.kind == "journal":
         Path(location.storage_url).parent.mkdir(parents=True, exist_ok=True)
     heartbeat = Heartbeat(args.heartbeat, 4 * args.heartbeat, args.max_retry)
+    notes: list[str] = []
     try:
-        handle, created = create_or_resume(spec, location, heartbeat)
+        handle, created = create_or_resume(spec, location, heartbeat, notes)
     except (StudyError, LookupError, ValueError):
         raise
     except Exception as err:
@@ -145,6 +146,8 @@ def _run_study(spec: StudySpec, args: argparse.Namespace, *, where: bool = True)
     print(f"study {spec.name}: {'created' if created else 'resuming'}, {spec.n_runs} runs "
           f"({'cells x seeds' if spec.mode == 'grid' else 'trials x seeds'})\n"
           f"  storage  {masked(location.storage_url)}\n  tracking {masked(handle.tracking_uri)}")
+    for note in notes:
+        print(f"  {note}")
     if not created:
         client = mlflow_client(handle.tracking_uri)
         mended = repair(study, client, stale_trials(study), max_retry=None)

@@ -141,9 +141,8 @@ class Objective:
 
     def _trial(self, trial: Trial) -> float:
         if self.spec.mode == "grid":
-            params = {name: trial.suggest_categorical(name, values)
-                      for name, values in sorted(self.spec.search_space().items())}
-            seeds = [params.pop("seed")]
+            params = self.spec.grid_params(trial.suggest_categorical)  # [grid.when.*] too
+            seeds = [trial.suggest_categorical("seed", list(self.spec.seeds))]
             self._skip_duplicate(trial)
         else:
             params = {name: _suggest(trial, r) for name, r in self.spec.search.items()}

@@ -24,15 +24,20 @@ from optuna.trial import FrozenTrial, TrialState
 from ablations.objective import close_stale_run, mlflow_run_ids, process_start
 from ablations.spec import StudySpec
 
-__all__ = ["Summary", "close_orphan_runs", "has_work", "owner_alive", "queue_copy", "repair",
-           "requeue_failed", "stale_trials", "summarize"]
+__all__ = ["Summary", "close_orphan_runs", "has_work", "owner_alive", "queue_copy", "queue_slots",
+           "repair", "requeue_failed", "slot_key", "stale_trials", "summarize"]
 
 _RANK = {TrialState.COMPLETE: 4, TrialState.RUNNING: 3, TrialState.WAITING: 2, TrialState.FAIL: 1}
 
 
 def slot_of(trial: FrozenTrial) -> str:
     """The identity of a trial's cell x seed: its parameters."""
-    return repr(sorted(trial.params.items()))
+    return slot_key(trial.params)
+
+
+def slot_key(params: dict[str, Any]) -> str:
+    """The identity of a cell x seed from its values and seed (`StudySpec.slots`)."""
+    return repr(sorted(params.items()))
 
 
 def is_duplicate(trial: FrozenTrial) -> bool:
@@ -121,9 +126,11 @@ def has_work(study: optuna.Study, spec: StudySpec) -> bool:
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.WAITING for t in trials):
         return True
-    if spec.mode == "grid":
-        drawn = {t.system_attrs["grid_id"] for t in trials if "grid_id" in t.system_attrs}
-        return len(drawn) < spec.n_runs
+    if spec.mode == "grid":  # a slot no trial holds, beyond those drawn but not yet suggested
+        taken = {slot_of(t) for t in trials if t.params}
+        drawing = sum(1 for t in trials if t.state == TrialState.RUNNING and not t.params)
+        free = sum(1 for params in spec.slots() if slot_key(params) not in taken)
+        return free > drawing
     return sum(not is_duplicate(t) for t in trials) < (spec.trials or 0)
 
 
@@ -176,6 +183,33 @@ def queue_copy(study: optuna.Study, trial: FrozenTrial) -> None:
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         user_attrs=trial.user_attrs, system_attrs=system_attrs))
+
+
+def queue_slots(study: optuna.Study, spec: StudySpec) -> int:
+    """Queue a trial for every (cell, seed) of a grid that no trial holds, its values set.
+
+    Conditional grids are run this way from the start (their cells are no cartesian product the
+    GridSampler could hand out) and grown grids for their new runs (`ablations.extend`). The
+    cell's values are parameters with the spec's categorical distributions, the seed the user
+    attribute ``seed``; ``fixed_params`` tells the GridSampler to leave the trial alone.
+
+    Returns:
+        The number of trials queued.
+    """
+    from optuna.distributions import CategoricalDistribution
+
+    space = {name: CategoricalDistribution(values) for name, values in spec.search_space().items()}
+    taken = {slot_of(t) for t in study.get_trials(deepcopy=False) if t.params}
+    missing = [slot for slot in spec.slots() if slot_key(slot) not in taken]
+    trials = []
+    for slot in missing:
+        cell = {name: value for name, value in slot.items() if name != "seed"}
+        trials.append(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=cell,
+            distributions={name: space[name] for name in cell},
+            user_attrs={"seed": slot["seed"]}, system_attrs={"fixed_params": slot}))
+    study.add_trials(trials)
+    return len(missing)
 
 
 def repair(study: optuna.Study, client: Any, stale: list[tuple[FrozenTrial, str]], *,

@@ -90,21 +90,32 @@ def optuna_study(handle: StudyHandle, *, heartbeat: bool = False) -> Any:
                              pruner=pruner)
 
 
-def create_or_resume(spec: StudySpec, location: Location, heartbeat: Heartbeat
-                     ) -> tuple[StudyHandle, bool]:
-    """Create the study's records, or find them when the same spec was launched before.
+def create_or_resume(spec: StudySpec, location: Location, heartbeat: Heartbeat,
+                     notes: list[str] | None = None) -> tuple[StudyHandle, bool]:
+    """Create the study's records, or find them when the same spec was launched before, or grow
+    the study when the spec adds seeds or axis values to it (`ablations.extend`).
+
+    Args:
+        notes: receives a line for each thing done besides creating or resuming (growth).
 
     Returns:
         The handle, and whether the study was created now.
 
     Raises:
-        StudyConflict: the name holds a different spec, or an MLflow experiment of that name
-            already has a parent run recorded with another Optuna storage, or was deleted.
+        StudyConflict: the name holds a spec that differs other than by growth, or runs of it
+            are running while it would grow, or an MLflow experiment of that name already has
+            a parent run recorded with another Optuna storage, or was deleted.
     """
     import optuna
 
+    from ablations.extend import recover
+
+    notes = [] if notes is None else notes
     tracking_uri = location.tracking_uri or location.default_tracking_uri
     storage = open_storage(location)
+    mended = recover(storage, spec.name)
+    if mended:
+        notes.append(mended)
     created = False
     if _study_id(storage, spec.name) is None:
         _refuse_orphan_experiment(spec.name, tracking_uri)
@@ -116,11 +127,15 @@ def create_or_resume(spec: StudySpec, location: Location, heartbeat: Heartbeat
             study.set_user_attr(ATTR_CELLS, cells_digest(spec))
             study.set_user_attr(ATTR_HEARTBEAT, heartbeat.to_dict())
             study.set_user_attr(ATTR_TRACKING, tracking_uri)
+            if spec.when:  # conditional cells are no product the GridSampler could hand out
+                from ablations.state import queue_slots
+
+                queue_slots(study, spec)
         except optuna.exceptions.DuplicatedStudyError:  # another launcher won the race
             _wait_for(storage, spec.name, ATTR_TRACKING)
     study_id = _study_id(storage, spec.name)
     attrs = storage.get_study_user_attrs(study_id)
-    _check_same_spec(spec, attrs.get(ATTR_SPEC), location)
+    added = _growth(spec, attrs.get(ATTR_SPEC), location)
     if ATTR_PARENT not in attrs:
         if not created:  # the launcher that created it may still be making the parent run
             attrs = _wait_for(storage, spec.name, ATTR_PARENT, timeout_s=20) or attrs
@@ -129,6 +144,8 @@ def create_or_resume(spec: StudySpec, location: Location, heartbeat: Heartbeat
             experiment_id, parent = _create_parent_run(spec, tracking_uri, location)
             storage.set_study_user_attr(study_id, ATTR_EXPERIMENT, experiment_id)
             storage.set_study_user_attr(study_id, ATTR_PARENT, parent)
+    if added:
+        notes.append(_grow(spec, location, added))
     return load_handle(spec.name, location), created
 
 
@@ -184,21 +201,48 @@ def _wait_for(storage: Any, name: str, attr: str, timeout_s: float = 30) -> dict
     return None
 
 
-def _check_same_spec(spec: StudySpec, stored: Any, location: Location) -> None:
+def _growth(spec: StudySpec, stored: Any, location: Location) -> list[str]:
+    """What ``spec`` adds to the stored study; a change other than growth is refused."""
+    from ablations.extend import growth
+
     if stored is None:
-        return
-    new, old = spec.to_dict(), dict(stored)
-    for d in (new, old):
-        d["study"] = {k: v for k, v in d.get("study", {}).items() if k != "description"}
-    if json.dumps(new, sort_keys=True) == json.dumps(old, sort_keys=True):
-        return
-    changed = sorted(f"{table}.{key}" for table in set(new) | set(old)
-                     for key in set(new.get(table, {})) | set(old.get(table, {}))
-                     if new.get(table, {}).get(key) != old.get(table, {}).get(key))
-    raise StudyConflict(f"{spec.source}: study {spec.name!r} already exists in "
-                        f"{masked(location.storage_url)} with a different spec (changed: "
-                        f"{', '.join(changed) or 'value order'}); give the new study another "
-                        "[study].name, or use another --root/--storage")
+        return []
+    old = spec_from_dict(stored, where=f"study {spec.name!r} stored in "
+                         f"{masked(location.storage_url)}")
+    added, changed = growth(old, spec)
+    if changed:
+        raise StudyConflict(
+            f"{spec.source}: study {spec.name!r} already exists in {masked(location.storage_url)}"
+            " and this file changes it in a way a study cannot grow (a study grows only by more "
+            "seeds or more values on an axis; runs already made must stay valid):\n  "
+            + "\n  ".join(changed)
+            + f"\nto run this file as a new study, give it another [study].name (e.g. "
+            f"'{spec.name}-2'), or use another --root/--storage")
+    return added
+
+
+def _grow(spec: StudySpec, location: Location, added: list[str]) -> str:
+    """Grow the study to ``spec`` (`ablations.extend.grow`) once no run of it is running."""
+    import optuna
+
+    from ablations.extend import grow
+    from ablations.state import repair, stale_trials
+
+    storage = open_storage(location)
+    attrs = storage.get_study_user_attrs(_study_id(storage, spec.name))
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    client = mlflow_client(location.tracking_uri or attrs[ATTR_TRACKING])
+    repair(study, client, stale_trials(study), max_retry=None)  # workers that are gone
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    if running:
+        raise StudyConflict(
+            f"{spec.source}: study {spec.name!r} would grow ({'; '.join(added)}), but "
+            f"{len(running)} of its runs are running (trials "
+            f"{', '.join(str(t.number) for t in running[:10])}): let its workers finish, or stop "
+            f"them and run `labbench repair {spec.name}`, then launch again")
+    new_attrs = {**attrs, ATTR_SPEC: spec.to_dict(), ATTR_CELLS: cells_digest(spec)}
+    queued = grow(study, spec, client, attrs[ATTR_PARENT], new_attrs)
+    return f"grown ({'; '.join(added)}): {queued} new run(s) queued"
 
 
 def _refuse_orphan_experiment(name: str, tracking_uri: str) -> None:
@@ -221,6 +265,7 @@ def _refuse_orphan_experiment(name: str, tracking_uri: str) -> None:
 
 def _create_parent_run(spec: StudySpec, tracking_uri: str, location: Location
                        ) -> tuple[str, str]:
+    from ablations.extend import conditional_tag
     from bench.record import ensure_experiment, env_info, git_info
 
     client = mlflow_client(tracking_uri)
@@ -230,6 +275,7 @@ def _create_parent_run(spec: StudySpec, tracking_uri: str, location: Location
             "labbench.objective": spec.objective, "labbench.direction": spec.direction,
             "labbench.baseline": json.dumps(spec.baseline), "labbench.axes": json.dumps(spec.axes),
             "labbench.mode": spec.mode, "labbench.storage": masked(location.storage_url),
+            **({"labbench.conditional": conditional_tag(spec)} if spec.when else {}),
             "labbench.git_commit": git["git_commit"], "labbench.git_dirty": git["git_dirty"]}
     run = client.create_run(experiment_id, run_name=spec.name, tags=tags)
     run_id = run.info.run_id

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 from mlflow.entities import Run
 
+from analysis._conditional import CONDITIONAL_TAG, apply_conditional, possible
 from analysis._mlflow import (
     KIND_TAG,
     PARENT_TAG,
@@ -47,7 +48,9 @@ _STUDY_TAGS = {
 }
 
 
-def load_runs(study: str, tracking_uri: str, *, parent_run_id: str | None = None) -> pd.DataFrame:
+def load_runs(
+    study: str, tracking_uri: str, *, parent_run_id: str | None = None, conditional: str = "fold"
+) -> pd.DataFrame:
     """Load a study's finished trial runs into one tidy frame, one row per (cell, seed).
 
     Only ``FINISHED`` child runs of the study's parent run with ``labbench.kind = trial`` become
@@ -59,6 +62,10 @@ def load_runs(study: str, tracking_uri: str, *, parent_run_id: str | None = None
         study: the study name (= the MLflow experiment name).
         tracking_uri: the MLflow tracking URI, e.g. ``sqlite:///labbench-runs/mlflow.db``.
         parent_run_id: choose the parent run when an experiment has several (rare).
+        conditional: how axes that only some methods vary (``[grid.when.METHOD]``) are read:
+            ``"fold"``, each such configuration one level of the method factor (``laq:4``), or
+            ``"factor"``, factors of their own, missing where they do not apply (see
+            ``analysis._conditional``).
 
     Returns:
         A frame with columns ``run_id, study, cell, seed, trial, status, start_time, end_time``
@@ -71,7 +78,8 @@ def load_runs(study: str, tracking_uri: str, *, parent_run_id: str | None = None
         ``baseline`` (dict), ``axes`` (list), ``seeds`` and ``seeds_source`` (``"study.json"`` or
         ``"observed"``), ``param_columns``, ``metric_columns`` (metric name -> column),
         ``n_failed``, ``excluded_runs`` (dicts with run_id, status, cell, seed and axis values),
-        ``duplicates_dropped`` and ``dropped_run_ids``.
+        ``duplicates_dropped``, ``dropped_run_ids``, ``conditional`` (method -> its own axes)
+        and ``conditional_as``.
 
     Raises:
         LookupError: no database, experiment or parent run for ``study`` at ``tracking_uri``.
@@ -132,7 +140,7 @@ def load_runs(study: str, tracking_uri: str, *, parent_run_id: str | None = None
         "duplicates_dropped": len(dropped),
         "dropped_run_ids": dropped,
     }
-    return frame
+    return apply_conditional(frame, parent.data.tags.get(CONDITIONAL_TAG), conditional)
 
 
 def missing_cells(frame: pd.DataFrame) -> pd.DataFrame:
@@ -176,9 +184,10 @@ def missing_cells(frame: pd.DataFrame) -> pd.DataFrame:
     reason_of = {
         (*(level_key(rec.get(axis)) for axis in axes), rec["seed"]): rec["status"].lower() for rec in excluded
     }
+    when = frame.attrs.get("conditional") if frame.attrs.get("conditional_as") == "factor" else None
     rows = []
     for combo in itertools.product(*levels, seeds):
-        if combo in present:
+        if combo in present or (when and not possible(dict(zip(axes, combo[:-1], strict=True)), when)):
             continue
         rows.append(
             {
