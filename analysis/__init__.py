@@ -11,6 +11,8 @@ Example (needs a recorded study, so not run as a doctest)::
     build_report("bc-degradation", uri, "out/")
 """
 
+from analysis._diagnostic_plots import bptt_profile_plot, raw_grad_norm_curves, spectral_whole_curves
+from analysis._evidence import bptt_growth_table, divergence_table, floor_table
 from analysis.plots import (
     alpha_trajectories,
     degradation_heatmap,
@@ -22,7 +24,14 @@ from analysis.plots import (
     spectral_norm_curves,
 )
 from analysis.report import ReportFiles, build_report
-from analysis.runs import ID_COLUMNS, load_curves, load_runs, metric_names, missing_cells
+from analysis.runs import (
+    ID_COLUMNS,
+    load_bptt_profiles,
+    load_curves,
+    load_runs,
+    metric_names,
+    missing_cells,
+)
 from analysis.stats import (
     degradation,
     factor_effects,
@@ -36,13 +45,18 @@ __all__ = [
     "ID_COLUMNS",
     "ReportFiles",
     "alpha_trajectories",
+    "bptt_growth_table",
+    "bptt_profile_plot",
     "build_report",
     "degradation",
     "degradation_heatmap",
+    "divergence_table",
     "factor_effects",
+    "floor_table",
     "grad_norm_curves",
     "holm_adjust",
     "learning_curves",
+    "load_bptt_profiles",
     "load_curves",
     "load_runs",
     "mean_ci",
@@ -52,6 +66,8 @@ __all__ = [
     "pareto_mask",
     "pareto_plot",
     "point_plot",
+    "raw_grad_norm_curves",
     "save_figure",
     "spectral_norm_curves",
+    "spectral_whole_curves",
 ]

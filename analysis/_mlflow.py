@@ -141,13 +141,15 @@ def find_parent_run(
 
 
 def read_json_artifact(client: MlflowClient, run_id: str, name: str) -> dict | list | None:
-    """Download and parse the JSON artifact ``name`` of a run; None if the run has no such file.
+    """Download and parse the JSON artifact ``name`` (a path, e.g. ``bptt/epoch-3.json``) of a run;
+    None if the run has no such file.
 
     Raises:
         ValueError: the artifact exists but is not valid JSON (the message names run and file).
     """
+    folder = name.rpartition("/")[0]  # "bptt/epoch-3.json" is listed under "bptt"
     try:
-        listed = {info.path for info in client.list_artifacts(run_id)}
+        listed = {info.path for info in client.list_artifacts(run_id, folder or None)}
     except (MlflowException, OSError) as err:
         logger.warning("run %s: cannot list artifacts (%s)", run_id, err)
         return None

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis import _diagnostic_plots as diag_plots
 from analysis import plots
+from analysis._evidence import floor_references
 from analysis._plotstyle import unit
 from analysis._render import fmt_number as num
 from analysis._render import fmt_p as _p
@@ -49,6 +51,7 @@ class StudyData:
     val_metric: str | None
     n_boot: int  # resamples of the computed CIs (tables, captions)
     seed: int
+    profiles: pd.DataFrame | None = None  # load_bptt_profiles(frame), when runs have profiles
 
     @property
     def plot_boot(self) -> int:
@@ -66,7 +69,8 @@ def pick_curve_metrics(frame: pd.DataFrame, objective: str | None) -> tuple[str 
             val = f"val_{stem}"
     val = val or next((m for m in ("val_xent", "val_acc", "val_err", "val_loss") if m in have), None)
     wanted = [val] if val else []
-    wanted += [p for p in ("grad_norm/", "alpha/", "spectral/", "spectral_bound/") if metric_names(frame, p)]
+    prefixes = ("grad_norm/", "grad_norm_raw/", "alpha/", "spectral_whole/")
+    wanted += [p for p in prefixes if metric_names(frame, p)]
     return val, wanted
 
 
@@ -119,6 +123,8 @@ def _fig_learning(d: StudyData) -> list[FigureItem]:
     fig = plots.learning_curves(
         d.curves, d.val_metric, d.hue, hue_order=d.hue_order, n_boot=d.plot_boot, seed=d.seed
     )
+    references = floor_references(d.frame, d.val_metric)
+    diag_plots.draw_floor_lines(fig.axes[0], references)
     data = d.curves[d.curves["metric"] == d.val_metric]
     last = int(data["step"].max())
     at_last = data[data["step"] == last]
@@ -129,23 +135,27 @@ def _fig_learning(d: StudyData) -> list[FigureItem]:
         f"Lines are the mean {d.val_metric} per epoch with 95% CI bands over runs"
         f"{_pooled(d.axes, [d.hue])}; at epoch {last} the best is {best['key'][0]} with "
         f"{_value_ci(best, d.val_metric)} and the worst {worst['key'][0]} with "
-        f"{_value_ci(worst, d.val_metric)}."
+        f"{_value_ci(worst, d.val_metric)}{_floor_text(references, d.val_metric)}."
     )
     return [("learning-curves", fig, caption, f"{d.val_metric} per epoch")]
 
 
 def _fig_grad_norm(d: StudyData) -> list[FigureItem]:
-    last, per_hue = _layer_summary(d, "grad_norm/")
-    fig = plots.grad_norm_curves(d.curves, d.hue, hue_order=d.hue_order, n_boot=d.plot_boot,
-                                 seed=d.seed)  # fmt: skip
+    raw = d.curves is not None and d.curves["metric"].str.startswith("grad_norm_raw/").any()
+    prefix = "grad_norm_raw/" if raw else "grad_norm/"
+    last, per_hue = _layer_summary(d, prefix)
+    draw = diag_plots.raw_grad_norm_curves if raw else plots.grad_norm_curves
+    fig = draw(d.curves, d.hue, hue_order=d.hue_order, n_boot=d.plot_boot, seed=d.seed)
     hi, lo = per_hue.iloc[-1], per_hue.iloc[0]
+    what = ("raw gradient norm (no clipping of any kind)" if raw
+            else "gradient norm as the optimizer received it (after any clipping)")  # fmt: skip
     caption = (
-        f"Each panel is one layer's mean gradient norm per epoch (log scale, 95% CI bands); at "
+        f"Each panel is one layer's mean {what} per epoch (log scale, 95% CI bands); at "
         f"epoch {last}, averaged over layers, {hi['key']} has the largest norm, "
-        f"{_value_ci(hi, 'grad_norm/')}, and {lo['key']} the smallest, {num(lo['mean'])}: "
-        f"{num(hi['mean'] / lo['mean'], 2)} times less."
+        f"{_value_ci(hi, prefix)}, and {lo['key']} the smallest, {num(lo['mean'])}: "
+        f"{num(hi['mean'] / lo['mean'], 2)} times less{_received_text(d, last) if raw else ''}."
     )
-    return [("grad-norm", fig, caption, "gradient norm per layer and epoch")]
+    return [("grad-norm", fig, caption, f"{what} per layer and epoch")]
 
 
 def _fig_alpha(d: StudyData) -> list[FigureItem]:
@@ -162,27 +172,42 @@ def _fig_alpha(d: StudyData) -> list[FigureItem]:
 
 
 def _fig_spectral(d: StudyData) -> list[FigureItem]:
-    if d.curves is None or d.hue is None:
-        raise Skip("no curves loaded")
-    c = d.curves
-    norms = c[c["metric"].str.startswith("spectral/")]
-    if norms.empty:
-        raise Skip("no recurrent layers (no spectral/ metrics)")
-    fig = plots.spectral_norm_curves(c, d.hue, hue_order=d.hue_order, n_boot=d.plot_boot,
-                                     seed=d.seed)  # fmt: skip
-    bounds = c[c["metric"].str.startswith("spectral_bound/")].assign(
-        metric=lambda t: "spectral/" + t["metric"].str.removeprefix("spectral_bound/")
-    )
-    pair = norms.merge(bounds, on=["run_id", "metric", "step"], suffixes=("", "_bound"))
-    ratio = pair["value"] / pair["value_bound"]
-    held = int((ratio >= 1.0 - 1e-6).sum())
+    if d.curves is None or not d.curves["metric"].str.startswith("spectral_whole/").any():
+        raise Skip("no spectral_whole/ metrics (no recurrent layers, or runs recorded before the "
+                   "whole-matrix norm was logged)")  # fmt: skip
+    last, per_hue = _layer_summary(d, "spectral_whole/")
+    fig = diag_plots.spectral_whole_curves(d.curves, d.hue, hue_order=d.hue_order,
+                                           n_boot=d.plot_boot, seed=d.seed)  # fmt: skip
+    hi, lo = per_hue.iloc[-1], per_hue.iloc[0]
     caption = (
-        "Solid lines are the spectral norm of each quantized recurrent gate block, dashed lines "
-        "its lower bound alpha*sqrt(H) (Prop. 3.2); the norm is at or above the bound in "
-        f"{held} of {len(ratio)} (run, matrix, epoch) points, the smallest ratio being "
-        f"{num(float(ratio.min()))}."
+        "Each panel is the largest singular value of one whole 4H x H recurrent matrix as the "
+        "forward pass uses it (w_hat for quantized methods, the weight for full precision), "
+        f"mean per epoch with 95% CI bands; at epoch {last}, averaged over matrices, it ranges "
+        f"from {num(lo['mean'])} for {lo['key']} to {_value_ci(hi, 'spectral norm')} for "
+        f"{hi['key']}. Proposition 3.2's bound alpha*sqrt(H) holds for every +-1 matrix by "
+        "construction, so it is not drawn."
     )
-    return [("spectral-norm", fig, caption, "spectral norm of recurrent matrices per epoch")]
+    return [("spectral-norm", fig, caption, "spectral norm of each whole recurrent matrix per epoch")]
+
+
+def _fig_bptt(d: StudyData) -> list[FigureItem]:
+    if d.profiles is None or d.profiles.empty or d.hue is None:
+        raise Skip("no bptt/epoch-<e>.json profiles (no LSTM, or runs recorded before profiles)")
+    by = [a for a in d.axes if a != d.hue and d.profiles[a].nunique(dropna=False) > 1]
+    fig = diag_plots.bptt_profile_plot(d.profiles, d.hue, hue_order=d.hue_order, by=by)
+    per_run = d.profiles.drop_duplicates("run_id")
+    growth = per_run.groupby(d.hue, sort=True)["bptt_growth"].mean().sort_values(kind="stable")
+    epochs = sorted(per_run["epoch"].unique())
+    at = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]} to {epochs[-1]}"
+    caption = (
+        "Lines are the mean over seeds of the norm of the gradient of the last time step's loss "
+        "with respect to the top LSTM layer's hidden state h_t, on a fixed held-out batch without "
+        f"clipping, at each run's last profiled {at} (log scale; thin lines are single seeds); "
+        f"the mean bptt_growth (median over t of the step-to-step ratio going back in time, > 1 "
+        f"means growth) ranges from {num(growth.iloc[0])} ({growth.index[0]}) to "
+        f"{num(growth.iloc[-1])} ({growth.index[-1]}) over {len(per_run)} runs."
+    )
+    return [("bptt-profile", fig, caption, "gradient norm through time per method")]
 
 
 def _fig_pareto(d: StudyData) -> list[FigureItem]:
@@ -222,6 +247,7 @@ FIGURES = (
     ("Gradient norms", _fig_grad_norm),
     ("Scale alpha", _fig_alpha),
     ("Spectral norm of recurrent matrices", _fig_spectral),
+    ("Gradients through time", _fig_bptt),
     ("Pareto fronts", _fig_pareto),
 )
 """(section title, builder) in report order."""
@@ -283,6 +309,33 @@ def _value_ci(row, metric: str) -> str:
     else:
         text += f" (n = {row['n']}, no CI)"
     return text
+
+
+def _floor_text(references: dict[str, list[float]], metric: str) -> str:
+    """``; dotted lines: the bigram floor 1.73 nats and ...`` for the learning-curve caption."""
+    if not references:
+        return ""
+    u = unit(metric)
+    parts = [f"the {name} floor {' and '.join(num(v) for v in values)}" + (f" {u}" if u else "")
+             for name, values in references.items()]  # fmt: skip
+    return f"; dotted lines are {', '.join(parts)} of the runs' test split (counted on training data)"
+
+
+def _received_text(d: StudyData, last: int) -> str:
+    """``; what the optimizer received (grad_norm/) was at most 0.01 of it (bc)`` at ``last``."""
+    c = d.curves
+    at = c[(c["step"] == last) & c["metric"].str.startswith(("grad_norm/", "grad_norm_raw/"))]
+    if not at["metric"].str.startswith("grad_norm/").any():
+        return ""
+    at = at.assign(layer=at["metric"].str.split("/", n=1).str[1],
+                   kind=at["metric"].str.split("/", n=1).str[0])  # fmt: skip
+    wide = at.pivot_table(index=["run_id", "layer", d.hue], columns="kind", values="value").dropna()
+    if wide.empty or "grad_norm" not in wide or "grad_norm_raw" not in wide:
+        return ""
+    ratio = (wide["grad_norm"] / wide["grad_norm_raw"]).groupby(level=d.hue).mean().sort_values()
+    return (f"; the gradient the optimizer received (grad_norm/, after clipping) was on average "
+            f"{num(ratio.iloc[0])} of the raw one for {ratio.index[0]} and {num(ratio.iloc[-1])} "
+            f"for {ratio.index[-1]}")  # fmt: skip
 
 
 def _p_is(p: float) -> str:

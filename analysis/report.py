@@ -5,6 +5,9 @@ table (means over seeds with paired t-intervals, d_z, Holm-corrected p-values; b
 from 5 seeds up), the ANOVA of the factors with the seed as a block when the design allows it
 (else the reason it does not), and every figure the data supports, each with
 one computed sentence underneath. A figure or table that cannot be made is replaced by a note.
+The evidence sections (:mod:`analysis._report_evidence`) set each cell's score beside its
+reference floors (flagging undertrained cells), count diverged runs by reason, and summarise the
+growth of gradients through time.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import _report_evidence as evidence
 from analysis import _report_figures as figs
 from analysis._mlflow import open_client, read_json_artifact
 from analysis._plotstyle import unit
@@ -24,7 +28,7 @@ from analysis._render import Heading, Image, Table, Text, to_html, to_markdown
 from analysis._render import fmt_number as num
 from analysis._render import fmt_p as _p
 from analysis.plots import save_figure
-from analysis.runs import load_curves, load_runs, missing_cells
+from analysis.runs import load_bptt_profiles, load_curves, load_runs, metric_names, missing_cells
 from analysis.stats import degradation, factor_effects, paired_intervals
 
 __all__ = ["ReportFiles", "build_report"]
@@ -78,8 +82,11 @@ def build_report(
     blocks += _spec_section(client, attrs)
     blocks += _environment_section(client, frame)
     blocks += _missing_section(frame)
+    blocks += evidence.floor_section(frame, data.axes)
+    blocks += evidence.divergence_section(frame, data.axes)
     blocks += _degradation_section(data)
     blocks += _anova_section(data)
+    blocks += evidence.bptt_section(frame, data.axes)
     figure_blocks, written = _figure_sections(data, out / FIGURE_DIR)
     blocks += figure_blocks
     title = f"Study report: {study}"
@@ -119,10 +126,11 @@ def _study_data(frame: pd.DataFrame, n_boot: int, seed: int) -> figs.StudyData:
             logger.warning("report: no degradation table: %s", err)
     val_metric, wanted = figs.pick_curve_metrics(frame, objective)
     curves = load_curves(frame, wanted) if wanted and hue is not None else None
+    profiles = load_bptt_profiles(frame) if metric_names(frame, "bptt_growth") else None
     return figs.StudyData(
         frame=frame, objective=objective, column=column, direction=attrs.get("direction"),
         baseline=baseline, axes=axes, hue=hue, hue_order=hue_order, degradation=degr,
-        curves=curves, val_metric=val_metric, n_boot=n_boot, seed=seed,
+        curves=curves, val_metric=val_metric, n_boot=n_boot, seed=seed, profiles=profiles,
     )  # fmt: skip
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 from collections.abc import Iterable, Sequence
 
 import pandas as pd
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
 from analysis._conditional import CONDITIONAL_TAG, apply_conditional, possible
 from analysis._mlflow import (
@@ -33,12 +35,16 @@ from analysis._values import (
     sort_key,
 )
 
-__all__ = ["ID_COLUMNS", "load_curves", "load_runs", "metric_names", "missing_cells"]
+__all__ = ["ID_COLUMNS", "load_bptt_profiles", "load_curves", "load_runs", "metric_names", "missing_cells"]
 
 logger = logging.getLogger(__name__)
 
 ID_COLUMNS = ("run_id", "study", "cell", "seed", "trial", "status", "start_time", "end_time")
 """The identity columns every frame of :func:`load_runs` starts with."""
+
+_RUN_TAGS = {"diverged_reason": "labbench.diverged_reason"}
+"""Run tags read into columns of their own (column -> tag); missing when a run lacks the tag."""
+_BPTT_FILE = re.compile(r"bptt/epoch-(\d+)\.json")
 
 _STUDY_TAGS = {
     "objective": "labbench.objective",
@@ -73,7 +79,9 @@ def load_runs(
         column cast as a whole: int64, or float64 if any value needs it, or bool, else string;
         ``"None"`` is missing and turns int64 into ``Int64`` and bool into ``boolean``), then every
         metric's latest value as a float64 column (named ``metrics.<name>`` when the name is
-        already taken by a param, e.g. the per-epoch ``lr``). ``frame.attrs`` holds: ``study``,
+        already taken by a param, e.g. the per-epoch ``lr``), then ``diverged_reason`` (string:
+        the tag ``labbench.diverged_reason``, missing for a run that did not diverge or was
+        recorded before the tag existed). ``frame.attrs`` holds: ``study``,
         ``tracking_uri``, ``experiment_id``, ``parent_run_id``, ``objective``, ``direction``,
         ``baseline`` (dict), ``axes`` (list), ``seeds`` and ``seeds_source`` (``"study.json"`` or
         ``"observed"``), ``param_columns``, ``metric_columns`` (metric name -> column),
@@ -287,6 +295,65 @@ def load_curves(
     return long.reset_index(drop=True)
 
 
+def load_bptt_profiles(frame: pd.DataFrame, epoch: int | None = None) -> pd.DataFrame:
+    """The gradient-through-time profiles (artifacts ``bptt/epoch-<e>.json``) of a study's runs.
+
+    Each artifact holds, for one epoch, ||d L_T / d h_t|| of the top LSTM layer for t = 1..T
+    (L_T: the last time step's loss on a fixed held-out batch, no clipping) and their summary
+    ``bptt_growth`` (docs/mlflow-layout.md).
+
+    Args:
+        frame: a frame from :func:`load_runs`.
+        epoch: the epoch to read; None reads each run's last profiled epoch.
+
+    Returns:
+        Long format, one row per run and time step: ``run_id, epoch, layer, t, grad_norm,
+        bptt_growth`` (t and epoch int64), then ``cell, seed`` and the axis columns. Runs without
+        a profile (not recurrent, or recorded before profiles existed) have no rows and are listed
+        in ``attrs["without_profile"]``; the frame's attrs are carried over otherwise.
+
+    Raises:
+        ValueError: no tracking URI in ``frame.attrs``, or an artifact lacks a key or its ``t``
+            and ``grad_norm`` differ in length (the message names run and file).
+    """
+    tracking_uri = frame.attrs.get("tracking_uri")
+    if not tracking_uri:
+        raise ValueError("load_bptt_profiles: the frame has no attrs['tracking_uri']")
+    client = open_client(tracking_uri)
+    rows, without = [], []
+    for run_id in frame["run_id"]:
+        try:
+            listed = [info.path for info in client.list_artifacts(run_id, "bptt")]
+        except (MlflowException, OSError) as err:
+            logger.warning("run %s: cannot list bptt/ artifacts (%s)", run_id, err)
+            listed = []
+        epochs = sorted(int(m.group(1)) for p in listed if (m := _BPTT_FILE.fullmatch(p)))
+        chosen = epoch if epoch is not None else (epochs[-1] if epochs else None)
+        if chosen is None or chosen not in epochs:
+            without.append(run_id)
+            continue
+        name = f"bptt/epoch-{chosen}.json"
+        profile = read_json_artifact(client, run_id, name)
+        keys = profile if isinstance(profile, dict) else {}
+        missing = [k for k in ("t", "grad_norm", "bptt_growth") if k not in keys]
+        if missing or len(profile["t"]) != len(profile["grad_norm"]):
+            raise ValueError(
+                f"run {run_id}: artifact {name} lacks {missing}" if missing
+                else f"run {run_id}: artifact {name} has {len(profile['t'])} t values and "
+                f"{len(profile['grad_norm'])} grad_norm values"
+            )
+        for t, norm in zip(profile["t"], profile["grad_norm"], strict=True):
+            rows.append((run_id, chosen, profile.get("layer"), int(t), float(norm),
+                         float(profile["bptt_growth"])))  # fmt: skip
+    long = pd.DataFrame(rows, columns=["run_id", "epoch", "layer", "t", "grad_norm", "bptt_growth"])
+    long = long.astype({"epoch": "int64", "t": "int64", "grad_norm": "float64", "bptt_growth": "float64"})
+    axes = [a for a in frame.attrs.get("axes") or [] if a in frame.columns]
+    keys = ["run_id", *[c for c in ("cell", "seed") if c in frame.columns], *axes]
+    long = long.merge(frame[list(dict.fromkeys(keys))], on="run_id", how="left")
+    long.attrs = {**frame.attrs, "without_profile": without}
+    return long
+
+
 # --- helpers -------------------------------------------------------------------------------------
 
 
@@ -349,6 +416,9 @@ def _typed_frame(records: list[dict], runs: list[Run]) -> tuple[pd.DataFrame, li
         columns[column] = pd.Series(
             [run.data.metrics.get(name, float("nan")) for run in runs], dtype="float64"
         )
+    for column, tag in _RUN_TAGS.items():
+        if column not in columns:
+            columns[column] = pd.Series([run.data.tags.get(tag) for run in runs], dtype="str")
     if columns:
         frame = pd.concat([frame, pd.DataFrame(columns)], axis=1)
     return frame, param_names, metric_cols

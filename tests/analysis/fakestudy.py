@@ -13,6 +13,17 @@ Faults planted in the default study (axes method x hidden, seeds 0..5):
 - (bc, 32, seed 3) never run: a missing cell with reason "not run";
 - (lab, 16, seed 2) has a zombie RUNNING run beside its finished one;
 - a stray ``labbench.kind = run`` run in the experiment that belongs to no study.
+
+Evidence planted in both studies (docs/mlflow-layout.md's diagnostics contract):
+- floors ``floor_unigram_bpc`` = 3.2 and ``floor_bigram_bpc`` = 2.5 on every run; bc at hidden 16
+  ends near 2.67 bits/char (undertrained), every other cell below 2.3;
+- ``grad_norm_raw/<layer>`` = ``grad_norm/<layer>`` times RAW_OVER_RECEIVED (bc's raw gradient
+  is clipped hard, the others' hardly), ``spectral_whole/lstm.0.w_hh`` for every method, fp too;
+- ``bptt_growth`` and ``bptt/epoch-<e>.json`` per epoch: a profile g_t = r ** (T - t), so its
+  median step ratio is r exactly, r = BPTT_GROWTH[method] times a per-run factor exp(0.03 z)
+  (bc grows back in time, fp and lab decay);
+- DIVERGED: runs with ``diverged = 1`` and their ``labbench.diverged_reason`` tag (None: a run
+  recorded before the tag existed).
 """
 
 from __future__ import annotations
@@ -41,6 +52,13 @@ EFFECT = {
     ("lab", 32): 0.03,
 }
 NOISE_SD = 0.015
+FLOORS = {"floor_unigram_bpc": 3.2, "floor_bigram_bpc": 2.5}
+RAW_OVER_RECEIVED = {"fp": 1.0, "bc": 40.0, "lab": 1.5}
+SPECTRAL_WHOLE = {"fp": 1.2, "bc": 9.0, "lab": 0.8}  # times sqrt(hidden / 16)
+BPTT_GROWTH = {"fp": 0.8, "bc": 1.25, "lab": 0.7}
+BPTT_T = 20  # time steps of the profile
+DIVERGED = {("bc", 16, 4): "bound", ("bc", 16, 5): "nonfinite", ("bc", 32, 0): "no_progress",
+            ("lab", 16, 0): None}  # fmt: skip
 T0 = 1_700_000_000_000  # ms
 
 
@@ -203,11 +221,14 @@ def _write_trial(client, exp, pid, name, key, trial, start, status, end=None) ->
         client.set_terminated(rid, "FAILED", end_time=start + 500)
         return rid
     metrics = _curves(key, start) if status == "FINISHED" else _curves(key, start)[:5]
+    tags = [RunTag("labbench.version", "0.1.0")]
+    if status == "FINISHED" and DIVERGED.get(key):
+        tags.append(RunTag("labbench.diverged_reason", DIVERGED[key]))
     client.log_batch(
         rid,
         params=[Param(k, v) for k, v in params.items()],
         metrics=metrics,
-        tags=[RunTag("labbench.version", "0.1.0")],
+        tags=tags,
     )
     client.log_dict(rid, {"method": method, "hidden": hidden, "seed": seed}, "config.json")
     client.log_dict(
@@ -216,6 +237,8 @@ def _write_trial(client, exp, pid, name, key, trial, start, status, end=None) ->
         "env.json",
     )
     if status == "FINISHED":
+        for epoch in range(1, EPOCHS + 1):
+            client.log_dict(rid, bptt_profile(key, epoch), f"bptt/epoch-{epoch}.json")
         client.set_terminated(rid, "FINISHED", end_time=end)
     return rid
 
@@ -245,10 +268,15 @@ def _curves(key: tuple, start: int) -> list[Metric]:
                 * (0.7**epoch)
                 * math.exp(0.1 * rng.standard_normal())
             )
+            values[f"grad_norm_raw/{layer}"] = values[f"grad_norm/{layer}"] * RAW_OVER_RECEIVED[method]
             if quantized:
                 alpha = 0.05 + 0.01 * i + 0.005 * epoch + 0.002 * rng.standard_normal()
                 values[f"alpha/{layer}"] = 1.0 if method == "bc" else alpha
                 values[f"flip_ratio/{layer}"] = 0.1 / epoch
+        values["spectral_whole/lstm.0.w_hh"] = SPECTRAL_WHOLE[method] * math.sqrt(hidden / 16) * (
+            1.0 + 0.02 * epoch + 0.01 * rng.standard_normal()
+        )
+        values["bptt_growth"] = bptt_growth(key)
         if quantized:
             alpha = 1.0 if method == "bc" else values["alpha/lstm.0.w_hh"]
             for gate in GATES:
@@ -264,11 +292,32 @@ def _curves(key: tuple, start: int) -> list[Metric]:
         "best_val_bpc": (final - 0.01) / math.log(2),
         "best_epoch": EPOCHS,
         "epochs_run": EPOCHS,
-        "diverged": 0,
+        "diverged": int(key in DIVERGED),
         "wall_s": 60.0,
         "peak_mem_mb": 100.0 + hidden,
         "step_ms": {"fp": 10.0, "bc": 12.0, "lab": 14.0}[method] * hidden / 16 + 0.2 * rng.standard_normal(),
         "bits_per_weight": 32.0 if method == "fp" else 1.0,
     }
     out += [Metric(k, float(v), ts, EPOCHS) for k, v in finals.items()]
+    out += [Metric(k, v, start, 0) for k, v in FLOORS.items()]  # run-level, logged once at step 0
     return out
+
+
+def bptt_growth(key: tuple) -> float:
+    """The planted bptt_growth of a (method, hidden, seed) run."""
+    method, hidden, seed = key
+    z = np.random.default_rng([seed, METHODS.index(method), hidden, 11]).standard_normal()
+    return BPTT_GROWTH[method] * math.exp(0.03 * z)
+
+
+def bptt_profile(key: tuple, epoch: int) -> dict:
+    """The ``bptt/epoch-<e>.json`` artifact: g_t = growth ** (T - t) for t = 1..T, so every step
+    back in time multiplies the norm by ``growth`` and bptt_growth (the median ratio) is it."""
+    growth = bptt_growth(key)
+    return {
+        "epoch": epoch,
+        "layer": "lstm.layers.0",
+        "t": list(range(1, BPTT_T + 1)),
+        "grad_norm": [growth ** (BPTT_T - t) for t in range(1, BPTT_T + 1)],
+        "bptt_growth": growth,
+    }

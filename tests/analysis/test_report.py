@@ -31,7 +31,7 @@ def test_report_files_exist_and_embed_every_figure(report):
     html = report.html.read_text(encoding="utf-8")
     md = report.markdown.read_text(encoding="utf-8")
     pngs = [p for p in report.figures if p.suffix == ".png"]
-    assert len(pngs) == 8  # points, heatmap, learning, grad norm, alpha, spectral, 2 Pareto
+    assert len(pngs) == 9  # points, heatmap, learning, grad norm, alpha, spectral, bptt, 2 Pareto
     assert all(p.exists() for p in report.figures)
     assert html.count('src="data:image/png;base64,') == len(pngs)
     assert md.count("](figures/") == len(pngs)
@@ -86,8 +86,9 @@ def test_figures_the_data_cannot_support_are_skipped_with_a_note(fake_study, tmp
     monkeypatch.setattr(figs, "FIGURES", tuple(f for f in figs.FIGURES if f[0] in keep))
     blocks, written = _figure_sections(data, tmp_path)
     notes = [b.text for b in blocks if getattr(b, "note", False)]
-    assert notes == ["Spectral norm of recurrent matrices: not drawn (no recurrent layers "
-                     "(no spectral/ metrics))."]  # fmt: skip
+    assert notes == ["Spectral norm of recurrent matrices: not drawn (no spectral_whole/ metrics "
+                     "(no recurrent layers, or runs recorded before the whole-matrix norm was "
+                     "logged))."]  # fmt: skip
     assert [p.name for p in written] == ["learning-curves.png", "learning-curves.svg"]
 
 
@@ -100,7 +101,7 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
         ["chromium", *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120,
         check=True,
     )  # fmt: skip
-    assert dom.stdout.count("<figure>") == 8 and "<table>" in dom.stdout
+    assert dom.stdout.count("<figure>") == 9 and "<table>" in dom.stdout
     run = subprocess.run(
         ["chromium", *flags, "--enable-logging=stderr", "--v=0", "--window-size=1280,2000",
          f"--screenshot={shot}", url],
@@ -123,4 +124,4 @@ def test_report_of_a_study_with_no_finished_run(study_root, tmp_path):
     md = files.markdown.read_text(encoding="utf-8")
     assert files.figures == ()
     assert "No degradation table" in md and "No ANOVA" in md
-    assert md.count("not drawn (") == 7
+    assert md.count("not drawn (") == 8
