@@ -25,6 +25,7 @@ from torch import nn
 from bench.config import ConfigError, RunConfig, parse_clip, parse_schedule
 from bench.data import CharData, ImageData, load_dataset
 from bench.diagnostics import grad_norms, lstm_bptt
+from bench.floors import floors
 from bench.layers import LSTM, init_weights, quantizable_weights
 from bench.methods import LayerSpec, resolve_layers
 from bench.models import build_model
@@ -449,6 +450,7 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
         "state_mem_mb": (sum(p.numel() * p.element_size() for p in model.parameters())
                          + opt.state_nbytes()) / 2**20,
         **model_cost(built, config),
+        **floors(data),  # unigram/bigram bits per char or chance, beside every score
     })
     recorder.log_metrics(metrics, step=len(history))
     if diverged:
