@@ -1,4 +1,5 @@
-"""``labbench grid | worker | status | retry-failed | repair | demo`` (registered in bench.cli).
+"""``labbench grid | studies | worker | status | retry-failed | repair | demo`` (registered in
+bench.cli).
 
 Each entry point takes the arguments after the subcommand and returns the exit status: 0 done,
 1 a failure while running (a cell failed, a storage could not be reached), 2 bad input (the
@@ -21,7 +22,7 @@ from ablations.spec import StudyError, StudySpec, parse_study
 from ablations.storage import DEFAULT_ROOT, Heartbeat, Location, StorageError, masked, resolve_location
 
 __all__ = ["demo_main", "grid_main", "repair_main", "retry_failed_main", "status_main",
-           "worker_main"]
+           "studies_main", "worker_main"]
 
 DEMO_STUDY = Path(__file__).resolve().parent / "studies" / "demo.toml"
 
@@ -93,7 +94,8 @@ def _positive(name: str, value: int | None, minimum: int = 1) -> None:
 def _grid_parser(prog: str, help_text: str, *, study_file: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=help_text)
     if study_file:
-        p.add_argument("study_file", metavar="STUDY.toml", help="the study file")
+        p.add_argument("study_file", metavar="STUDY.toml", help="the study file, or the name of a "
+                       "shipped study (`labbench studies` lists them)")
     _where_args(p, launcher=True)
     p.add_argument("--workers", type=int, default=2 if not study_file else 1,
                    help="local worker processes (0: create the study only, start workers "
@@ -173,7 +175,23 @@ def _print_where(handle: Any) -> None:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    return _run_study(parse_study(args.study_file), args)
+    from ablations.catalog import find_study_file
+
+    return _run_study(parse_study(find_study_file(args.study_file)), args)
+
+
+def _studies(args: argparse.Namespace) -> int:
+    import json
+
+    from ablations.catalog import cost_table, format_costs
+
+    _positive("--workers", args.workers)
+    costs, probe_s = cost_table(args.names, probe=not args.no_probe)
+    if args.json:
+        print(json.dumps([c.to_dict() for c in costs], indent=2))
+    else:
+        print(format_costs(costs, args.workers, probe_s))
+    return 0
 
 
 DemoReport = Callable[[str, Path, str], None]
@@ -310,13 +328,22 @@ def _build() -> tuple[dict[str, Callable[[Sequence[str] | None], int]], argparse
     retry.add_argument("--workers", type=int, default=1, help="local workers (0: only queue them)")
     retry.add_argument("--threads", type=int, help="torch threads per worker")
     retry.add_argument("--quiet", action="store_true", help="no progress bar")
-    return {"grid": _entry(_grid, grid),
+    studies = argparse.ArgumentParser(prog="labbench studies", description=(
+        "The shipped study files (ablations/studies/): cells x seeds, runs, training steps, and "
+        "the training cost estimated on this machine from one timed step per cell (docs/harness.md, "
+        "'Shipped studies'). Run one by name: labbench grid NAME."))
+    studies.add_argument("names", nargs="*", metavar="NAME", help="only these studies (default all)")
+    studies.add_argument("--no-probe", action="store_true", help="sizes only: time nothing")
+    studies.add_argument("--workers", type=int, default=2, help="workers the wall time assumes (2)")
+    studies.add_argument("--json", action="store_true", help="print the rows as JSON")
+    return {"grid": _entry(_grid, grid), "studies": _entry(_studies, studies),
             "worker": _entry(_worker, worker), "status": _entry(_status, status),
             "repair": _entry(_repair, repair), "retry-failed": _entry(_retry_failed, retry)}, demo
 
 
 _MAINS, _DEMO_PARSER = _build()
 grid_main = _MAINS["grid"]
+studies_main = _MAINS["studies"]
 
 
 def demo_main(argv: Sequence[str] | None = None, *, report: DemoReport | None = None) -> int:

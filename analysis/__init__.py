@@ -13,6 +13,8 @@ Example (needs a recorded study, so not run as a doctest)::
 
 from analysis._diagnostic_plots import bptt_profile_plot, raw_grad_norm_curves, spectral_whole_curves
 from analysis._evidence import bptt_growth_table, divergence_table, floor_table
+from analysis._sources import combine_studies
+from analysis.archive import export_study, load_archive
 from analysis.plots import (
     alpha_trajectories,
     degradation_heatmap,
@@ -23,7 +25,7 @@ from analysis.plots import (
     save_figure,
     spectral_norm_curves,
 )
-from analysis.report import ReportFiles, build_report
+from analysis.report import ReportFiles, build_report, render_report
 from analysis.runs import (
     ID_COLUMNS,
     load_bptt_profiles,
@@ -48,14 +50,17 @@ __all__ = [
     "bptt_growth_table",
     "bptt_profile_plot",
     "build_report",
+    "combine_studies",
     "degradation",
     "degradation_heatmap",
     "divergence_table",
+    "export_study",
     "factor_effects",
     "floor_table",
     "grad_norm_curves",
     "holm_adjust",
     "learning_curves",
+    "load_archive",
     "load_bptt_profiles",
     "load_curves",
     "load_runs",
@@ -67,6 +72,7 @@ __all__ = [
     "pareto_plot",
     "point_plot",
     "raw_grad_norm_curves",
+    "render_report",
     "save_figure",
     "spectral_norm_curves",
     "spectral_whole_curves",

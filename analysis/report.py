@@ -1,6 +1,6 @@
 """A study's report: Markdown + self-contained HTML with its tables and figures, logged to MLflow.
 
-The report holds the study spec, the environment of one run, the missing cells, the degradation
+The report holds the study spec, the runs' environments summarised, the missing cells, the degradation
 table (means over seeds with paired t-intervals, d_z, Holm-corrected p-values; bootstrap CIs only
 from 5 seeds up), the ANOVA of the factors with the seed as a block when the design allows it
 (else the reason it does not), and every figure the data supports, each with
@@ -22,16 +22,17 @@ import pandas as pd
 
 from analysis import _report_evidence as evidence
 from analysis import _report_figures as figs
-from analysis._mlflow import open_client, read_json_artifact
+from analysis._mlflow import open_client
 from analysis._plotstyle import unit
 from analysis._render import Heading, Image, Table, Text, to_html, to_markdown
 from analysis._render import fmt_number as num
 from analysis._render import fmt_p as _p
+from analysis._sources import StudyReader
 from analysis.plots import save_figure
 from analysis.runs import load_bptt_profiles, load_curves, load_runs, metric_names, missing_cells
 from analysis.stats import degradation, factor_effects, paired_intervals
 
-__all__ = ["ReportFiles", "build_report"]
+__all__ = ["ReportFiles", "build_report", "render_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +73,41 @@ def build_report(
     Raises:
         LookupError: no database, experiment or parent run for ``study`` at ``tracking_uri``.
     """
+    frame = load_runs(study, tracking_uri)
+    files = render_report(frame, out_dir, n_boot=n_boot, seed=seed)
+    if log_to_mlflow:
+        client = open_client(tracking_uri)
+        parent = frame.attrs["parent_run_id"]
+        client.log_artifact(parent, str(files.markdown), artifact_path="report")
+        client.log_artifact(parent, str(files.html), artifact_path="report")
+        for path in files.figures:
+            client.log_artifact(parent, str(path), artifact_path=f"report/{FIGURE_DIR}")
+        logger.info("logged the report of %r to parent run %s under report/", study, parent)
+    return files
+
+
+def render_report(frame: pd.DataFrame, out_dir: str | Path, *, n_boot: int = 10_000,
+                  seed: int = 0) -> ReportFiles:
+    """Write ``report.md``, ``report.html`` and ``figures/`` for a study frame.
+
+    Args:
+        frame: from :func:`analysis.load_runs`, :func:`analysis.load_archive` or
+            :func:`analysis.combine_studies` (its attrs say where specs, environments and curves
+            are read from, so an archive renders the same report as the MLflow study).
+        out_dir: folder to write into (created if needed).
+        n_boot: bootstrap resamples for every CI.
+        seed: seed of every bootstrap, so the report is reproducible.
+
+    Returns:
+        The :class:`ReportFiles` written.
+    """
     out = Path(out_dir)
     (out / FIGURE_DIR).mkdir(parents=True, exist_ok=True)
-    frame = load_runs(study, tracking_uri)
-    client = open_client(tracking_uri)
-    attrs = frame.attrs
+    reader = StudyReader(frame)
     data = _study_data(frame, n_boot, seed)
     blocks: list = _summary(frame, data)
-    blocks += _spec_section(client, attrs)
-    blocks += _environment_section(client, frame)
+    blocks += _spec_section(reader)
+    blocks += _environment_section(reader, frame)
     blocks += _missing_section(frame)
     blocks += evidence.floor_section(frame, data.axes)
     blocks += evidence.divergence_section(frame, data.axes)
@@ -89,18 +116,11 @@ def build_report(
     blocks += evidence.bptt_section(frame, data.axes)
     figure_blocks, written = _figure_sections(data, out / FIGURE_DIR)
     blocks += figure_blocks
-    title = f"Study report: {study}"
+    title = f"Study report: {frame.attrs.get('study')}"
     md = out / "report.md"
     html = out / "report.html"
     md.write_text(to_markdown(blocks, title, FIGURE_DIR), encoding="utf-8")
     html.write_text(to_html(blocks, title), encoding="utf-8")
-    if log_to_mlflow:
-        parent = attrs["parent_run_id"]
-        client.log_artifact(parent, str(md), artifact_path="report")
-        client.log_artifact(parent, str(html), artifact_path="report")
-        for path in written:
-            client.log_artifact(parent, str(path), artifact_path=f"report/{FIGURE_DIR}")
-        logger.info("logged the report of %r to parent run %s under report/", study, parent)
     return ReportFiles(markdown=md, html=html, figures=tuple(written))
 
 
@@ -152,25 +172,31 @@ def _summary(frame: pd.DataFrame, data: figs.StudyData) -> list:
     ]
 
 
-def _spec_section(client, attrs: dict) -> list:
-    spec = read_json_artifact(client, attrs["parent_run_id"], "study.json")
-    if spec is not None:
-        return [Heading("Study spec"), Text("From the parent run's study.json artifact."),
-                Table(_flat_table(spec))]  # fmt: skip
-    run = client.get_run(attrs["parent_run_id"])
-    tags = {k: v for k, v in sorted(run.data.tags.items()) if k.startswith("labbench.")}
-    table = pd.DataFrame({"tag": list(tags), "value": list(tags.values())})
-    return [Heading("Study spec"), Text("No study.json artifact; the parent run's tags:", True),
-            Table(table)]  # fmt: skip
+def _spec_section(reader: StudyReader) -> list:
+    blocks: list = [Heading("Study spec")]
+    specs = reader.specs()
+    for study, spec, tags in specs:
+        named = f" of study {study}" if len(specs) > 1 else ""
+        if spec is not None:
+            blocks += [Text(f"From the parent run's study.json artifact{named}."),
+                       Table(_flat_table(spec))]  # fmt: skip
+            continue
+        tags = {k: v for k, v in sorted(tags.items()) if k.startswith("labbench.")}
+        table = pd.DataFrame({"tag": list(tags), "value": list(tags.values())})
+        blocks += [Text(f"No study.json artifact{named}; the parent run's tags:", True), Table(table)]
+    return blocks
 
 
-def _environment_section(client, frame: pd.DataFrame) -> list:
-    for run_id in sorted(frame["run_id"]):
-        env = read_json_artifact(client, run_id, "env.json")
-        if env is not None:
-            return [Heading("Environment"), Text(f"env.json of run {run_id}:"),
-                    Table(_flat_table(env))]  # fmt: skip
-    return [Heading("Environment"), Text("No run has an env.json artifact.", note=True)]
+def _environment_section(reader: StudyReader, frame: pd.DataFrame) -> list:
+    summary = reader.environment()
+    if summary.empty:
+        return [Heading("Environment"), Text("No run has an env.json artifact.", note=True)]
+    keys = summary["key"].nunique()
+    varied = int((summary.groupby("key")["value"].nunique() > 1).sum())
+    return [Heading("Environment"),
+            Text(f"The env.json of the {len(frame)} runs: each key's distinct values and how "
+                 f"many runs had each; {varied} of {keys} keys differ between runs."),
+            Table(summary.astype(str))]  # fmt: skip
 
 
 def _missing_section(frame: pd.DataFrame) -> list:

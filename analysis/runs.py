@@ -257,6 +257,10 @@ def load_curves(
     if not names:
         raise ValueError("load_curves: no metrics given")
     frame = source if isinstance(source, pd.DataFrame) else None
+    if frame is not None and frame.attrs.get("archive"):  # a frame of analysis.load_archive
+        from analysis.archive import archive_curves
+
+        return archive_curves(frame, names)
     if frame is not None:
         tracking_uri = tracking_uri or frame.attrs.get("tracking_uri")
     if not tracking_uri:
@@ -319,7 +323,12 @@ def load_bptt_profiles(frame: pd.DataFrame, epoch: int | None = None) -> pd.Data
     tracking_uri = frame.attrs.get("tracking_uri")
     if not tracking_uri:
         raise ValueError("load_bptt_profiles: the frame has no attrs['tracking_uri']")
-    client = open_client(tracking_uri)
+    if frame.attrs.get("archive"):  # its artifacts/ folder answers the same two client calls
+        from analysis.archive import archive_artifacts
+
+        client = archive_artifacts(frame.attrs["archive"])
+    else:
+        client = open_client(tracking_uri)
     rows, without = [], []
     for run_id in frame["run_id"]:
         try:

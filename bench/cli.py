@@ -150,7 +150,10 @@ def cmd_speed(args: argparse.Namespace) -> int:
 # Subcommands of the packages above bench: (module, function, help); imported on use.
 EXTERNAL: dict[str, tuple[str, str, str]] = {
     "kernels-bench": ("kernels.bench", "main", "time the proximal-step kernels: eager, compile, Triton"),
-    "report": ("analysis.cli", "main", "statistics, figures and an HTML report of a study"),
+    "report": ("analysis.cli", "main", "statistics, figures and an HTML report of a study "
+               "(or several, or an archive: --from DIR)"),
+    "export": ("analysis.cli", "export_main", "a small archive of a study (CSV + JSON + manifest)"),
+    "studies": ("ablations.cli", "studies_main", "the shipped study files: size and estimated cost"),
     "grid": ("ablations.cli", "grid_main", "create or resume a study and run it with local workers"),
     "worker": ("ablations.cli", "worker_main", "join a running study (from any machine)"),
     "status": ("ablations.cli", "status_main", "a study's cells: done, running, queued, failed"),

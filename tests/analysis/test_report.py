@@ -56,7 +56,7 @@ def test_report_sections_and_computed_sentences(report, fake_study):
         sentence = block.split("\n\n")[1]
         assert sentence.strip().endswith(".") and re.search(r"\d", sentence), sentence
     assert re.search(r"the largest is method=bc, hidden=16: 0\.3\d+ nats \(95% CI", md)
-    assert "env.json of run" in md and "fake 2-core" in md
+    assert "env.json of the" in md and "fake 2-core" in md
 
 
 def test_report_is_logged_to_the_parent_run(report, fake_study):

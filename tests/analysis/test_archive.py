@@ -1,0 +1,220 @@
+"""analysis.archive and `labbench export` / `labbench report --from` / `labbench report A B`."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+import analysis
+from analysis import load_curves, load_runs
+from analysis._sources import CombineError, combine_studies
+from analysis.archive import FORMAT, environment_summary, load_archive
+from analysis.report import build_report
+from analysis.runs import load_bptt_profiles
+from bench.cli import main
+
+BOOT = 200
+
+
+@pytest.fixture(scope="module")
+def archive(fake_study, tmp_path_factory):
+    out = tmp_path_factory.mktemp("archive") / "fake"
+    code = main(["export", fake_study.name, "--tracking-uri", fake_study.tracking_uri, "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def _plain(attrs: dict) -> dict:
+    return json.loads(json.dumps({k: v for k, v in attrs.items() if k != "archive"}, default=str))
+
+
+def test_archive_loads_back_the_frame_load_runs_gives(archive, fake_study):
+    original = load_runs(fake_study.name, fake_study.tracking_uri)
+    loaded = load_archive(archive)
+    pd.testing.assert_frame_equal(loaded, original, check_exact=True)
+    assert _plain(loaded.attrs) == _plain(original.attrs)
+    assert loaded.attrs["archive"] == [str(archive)]
+
+
+def test_runs_csv_has_every_param_and_final_metric_by_name_exactly(archive, fake_study):
+    with (archive / "runs.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(fake_study.kept)  # one row per finished (cell, seed)
+    client = MlflowClient(tracking_uri=fake_study.tracking_uri)
+    by_id = {row["run_id"]: row for row in rows}
+    assert set(by_id) == set(fake_study.kept.values())
+    for (method, hidden, seed), run_id in fake_study.kept.items():
+        row, run = by_id[run_id], client.get_run(run_id)
+        assert (row["study"], row["status"], row["method"], row["hidden"], row["seed"]) == (
+            fake_study.name, "FINISHED", method, str(hidden), str(seed))
+        assert row["cell"] == run.data.tags["labbench.cell"]
+        for name in ("test_xent", "best_val_xent", "step_ms"):  # repr: the float read back is exact
+            assert float(row[name]) == run.data.metrics[name]
+    # deterministic order: by cell, then seed
+    keys = [(r["cell"], int(r["seed"])) for r in rows]
+    assert keys == sorted(keys)
+
+
+def test_manifest_hashes_and_counts_every_file(archive, fake_study):
+    manifest = json.loads((archive / "manifest.json").read_text())
+    assert manifest["format"] == FORMAT and manifest["study"] == fake_study.name
+    assert manifest["labbench"]["version"]
+    source = Path(analysis.__file__).parent  # the exporting code's commit (None outside git)
+    done = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert manifest["labbench"]["git_commit"] == (done.stdout.strip() if done.returncode == 0 else None)
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((archive / name).read_bytes()).hexdigest() == digest
+    on_disk = {p.relative_to(archive).as_posix() for p in archive.rglob("*") if p.is_file()}
+    assert on_disk == {*manifest["files"], "manifest.json"}
+    assert manifest["rows"]["runs.csv"] == len(fake_study.kept)
+    with (archive / "curves.csv").open() as f:
+        assert manifest["rows"]["curves.csv"] == sum(1 for _ in f) - 1
+
+
+def test_curves_from_the_archive_equal_mlflow(archive, fake_study):
+    original = load_runs(fake_study.name, fake_study.tracking_uri)
+    loaded = load_archive(archive)
+    wanted = ["val_xent", "grad_norm/", "spectral/"]
+    pd.testing.assert_frame_equal(load_curves(loaded, wanted), load_curves(original, wanted),
+                                  check_exact=True)
+    with pytest.raises(LookupError, match="test_xent"):  # run-level metrics live in runs.csv only
+        load_curves(loaded, ["test_xent"])
+
+
+def test_profiles_from_the_archive_equal_mlflow(archive, fake_study):
+    original = load_runs(fake_study.name, fake_study.tracking_uri)
+    loaded = load_archive(archive)
+    mlflow_profiles = load_bptt_profiles(original)
+    assert len(mlflow_profiles) > 0
+    pd.testing.assert_frame_equal(load_bptt_profiles(loaded), mlflow_profiles, check_exact=True)
+    # only the last epoch of each run's series is archived
+    files = sorted(p.name for p in (archive / "artifacts").rglob("*.json"))
+    assert set(files) == {f"epoch-{int(original['epochs_run'].max())}.json"}
+    assert len(files) == len(original)
+
+
+def _normalised(markdown: str) -> str:
+    return re.sub(r"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC", "generated <time>", markdown)
+
+
+def test_report_from_archive_is_the_report_from_mlflow(archive, fake_study, tmp_path, capsys):
+    direct = build_report(fake_study.name, fake_study.tracking_uri, tmp_path / "mlflow", n_boot=BOOT,
+                          log_to_mlflow=False)
+    code = main(["report", "--from", str(archive), "--out", str(tmp_path / "archive"), "--n-boot", str(BOOT)])
+    assert code == 0, capsys.readouterr().err
+    from_mlflow = _normalised(direct.markdown.read_text())
+    from_archive = _normalised((tmp_path / "archive" / "report.md").read_text())
+    assert from_archive == from_mlflow
+    assert "| bc | 32 | 3 | 000001000020 | not run |" in from_archive  # the faults survive the trip
+    assert "fake 2-core" in from_archive
+
+
+def test_a_changed_file_or_a_missing_archive_exits_2_and_creates_nothing(archive, tmp_path, capsys):
+    altered = tmp_path / "altered"
+    altered.mkdir()
+    for p in archive.rglob("*"):
+        if p.is_file():
+            target = altered / p.relative_to(archive)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(p.read_bytes())
+    runs = altered / "runs.csv"
+    runs.write_text(runs.read_text().replace("FINISHED", "FINISHEd", 1))
+    out = tmp_path / "out"
+    assert main(["report", "--from", str(altered), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "runs.csv" in err and "sha256" in err
+    assert not out.exists()
+    assert main(["report", "--from", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert "no such archive folder" in capsys.readouterr().err
+    (altered / "manifest.json").unlink()
+    assert main(["report", "--from", str(altered), "--out", str(out)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_export_of_a_missing_study_exits_2_and_creates_nothing(fake_study, tmp_path, capsys):
+    out = tmp_path / "x"
+    uri = fake_study.tracking_uri
+    assert main(["export", "no-such-study", "--tracking-uri", uri, "--out", str(out)]) == 2
+    assert "no-such-study" in capsys.readouterr().err
+    assert main(["export", "s", "--root", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert not out.exists() and not (tmp_path / "empty").exists()
+
+
+def test_export_again_replaces_its_files_and_keeps_the_others(fake_study, complete_study, tmp_path):
+    out = tmp_path / "published"
+    out.mkdir()
+    (out / "README.md").write_text("how it was made\n")
+    uri = fake_study.tracking_uri
+    assert main(["export", fake_study.name, "--tracking-uri", uri, "--out", str(out)]) == 0
+    assert main(["export", complete_study.name, "--tracking-uri", complete_study.tracking_uri,
+                 "--out", str(out)]) == 0
+    assert (out / "README.md").read_text() == "how it was made\n"
+    manifest = json.loads((out / "manifest.json").read_text())
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert on_disk == {*manifest["files"], "manifest.json", "README.md"}  # the first study's are gone
+    runs = set(load_archive(out)["run_id"])
+    assert all(name.split("/")[1] in runs for name in manifest["files"] if name.startswith("artifacts/"))
+
+
+def test_environment_summary_counts_distinct_values():
+    envs = [{"torch": "2.13", "packages": {"numpy": "2.1"}, "cpu_count": 2},
+            {"torch": "2.13", "packages": {"numpy": "2.2"}, "cpu_count": 2},
+            {"torch": "2.12", "packages": {"numpy": "2.2"}}]
+    table = environment_summary(envs)
+    assert table.values.tolist() == [
+        ["cpu_count", "2", 2],
+        ["packages.numpy", "2.2", 2], ["packages.numpy", "2.1", 1],
+        ["torch", "2.13", 2], ["torch", "2.12", 1],
+    ]  # fmt: skip
+
+
+def _other_objective_study(uri: str, name: str) -> None:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment(name)
+    parent = client.create_run(exp, tags={
+        "labbench.kind": "study", "labbench.study": name, "labbench.objective": "test_bpc",
+        "labbench.direction": "minimize", "labbench.baseline": '{"method": "fp"}',
+        "labbench.axes": '["method"]'})  # fmt: skip
+    client.set_terminated(parent.info.run_id)
+
+
+def test_combined_studies_are_one_analysis_with_a_study_column(fake_study, complete_study, tmp_path, capsys):
+    a = load_runs(fake_study.name, fake_study.tracking_uri)
+    b = load_runs(complete_study.name, complete_study.tracking_uri)
+    both = combine_studies([a, b])
+    # the fake studies share cell ids and seeds: each (cell, seed) is kept once, the earliest end
+    assert len(both) == len(set(zip(pd.concat([a, b])["cell"], pd.concat([a, b])["seed"], strict=True)))
+    assert not both.duplicated(["cell", "seed"]).any()
+    assert set(both["study"]) == {fake_study.name, complete_study.name}
+    assert both.attrs["study"] == f"{fake_study.name} + {complete_study.name}"
+    out = tmp_path / "both"
+    code = main(["report", fake_study.name, complete_study.name, "--tracking-uri", fake_study.tracking_uri,
+                 "--out", str(out), "--n-boot", str(BOOT)])
+    assert code == 0, capsys.readouterr().err
+    md = (out / "report.md").read_text()
+    assert f"# Study report: {fake_study.name} + {complete_study.name}" in md
+    assert f"study.json artifact of study {complete_study.name}" in md
+
+
+def test_studies_with_different_objectives_are_refused(fake_study, tmp_path, capsys):
+    other = "archive-test-other-objective"
+    _other_objective_study(fake_study.tracking_uri, other)
+    out = tmp_path / "both"
+    uri = fake_study.tracking_uri
+    code = main(["report", fake_study.name, other, "--tracking-uri", uri, "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "objective" in err and "test_bpc" in err
+    assert not out.exists()
+    frame = load_runs(fake_study.name, fake_study.tracking_uri)
+    with pytest.raises(CombineError, match="at least two"):
+        combine_studies([frame])
