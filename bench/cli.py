@@ -17,11 +17,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from bench.config import FIELD_HELP, ConfigError, RunConfig
+from bench.config import FIELD_HELP, ConfigError, ConfigErrors, RunConfig
 
 __all__ = ["UsageError", "main"]
 
 EXPERIMENT = "labbench-runs"
+VERBOSE_FLAGS = ("-v", "--verbose")
 
 
 class UsageError(Exception):
@@ -68,8 +69,13 @@ def read_config_file(path: str) -> dict[str, Any]:
     if not p.is_file():
         raise UsageError(f"{path}: no such config file")
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
         data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not a text file ({err.reason} at byte {err.start}); expected "
+                         "TOML or JSON") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read: {err.strerror or err}") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
         raise UsageError(f"{path}: cannot parse: {err}") from None
     if not isinstance(data, dict):
@@ -88,10 +94,18 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 # --- subcommands ------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench.preflight import check_name, check_root, check_runnable
     from bench.record import default_tracking_uri, ensure_experiment, mlflow_run
     from bench.train import run
 
     config = config_from_args(args)
+    if not args.no_record:  # names and folders that become paths, before any is made
+        check_name(args.experiment, "--experiment")
+        if args.tracking_uri is None:
+            check_root(args.root)
+    problems = check_runnable(config)
+    if problems:
+        raise ConfigErrors(problems)
     if args.no_record:
         result = run(config, progress=not args.quiet)
         _print_summary(config, result.metrics, None, None)
@@ -136,9 +150,20 @@ def _print_summary(config: RunConfig, metrics: dict[str, float], uri: str | None
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from bench.speed import format_speed_table, measure_speed
+    from bench.speed import format_speed_table, measure_diagnostics_cost, measure_speed
+    from bench.train import DIAG_EVERY
 
     base = config_from_args(args)
+    if args.diagnostics:
+        row = measure_diagnostics_cost(base, steps=args.timed_steps, warmup=args.warmup)
+        print(f"labbench speed --diagnostics: {base.model} hidden={base.hidden} "
+              f"method={row['method']} clip={row['clip']}, {row['steps']} interleaved steps each\n"
+              f"plain step {row['plain_ms']:.1f} ms, diagnostic step {row['diag_ms']:.1f} ms "
+              f"({row['diag_ratio']:.3f}x); one step in {DIAG_EVERY} is diagnostic: "
+              f"{row['amortised_ratio']:.3f}x overall")
+        if args.json:
+            Path(args.json).write_text(json.dumps(row, indent=2))
+        return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = measure_speed(base, methods, steps=args.timed_steps, warmup=args.warmup)
     print(format_speed_table(rows, base))
@@ -203,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timed-steps", type=int, default=20, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--json", help="also write the rows as JSON here")
+    p.add_argument("--diagnostics", action="store_true",
+                   help="instead: the cost of run's gradient diagnostics (raw and received "
+                   "gradient norms) for --method, a diagnostic step against a plain one")
     p.add_argument("--config", help="TOML or JSON file of RunConfig fields")
     add_config_flags(p)
     p.set_defaults(func=cmd_speed)
@@ -217,7 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    verbose = args.verbose or any(a in VERBOSE_FLAGS for a in rest)  # -v after the subcommand
+    rest = [a for a in rest if a not in VERBOSE_FLAGS]
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from bench.data import DatasetNotFoundError
 
@@ -230,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return int(args.func(args) or 0)
     except (ConfigError, UsageError, DatasetNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        for problem in getattr(err, "errors", [err]):  # every problem found, one line each
+            print(f"error: {problem}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

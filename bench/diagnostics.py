@@ -11,6 +11,7 @@ Both are measured without any clipping, on a fixed held-out batch, once per epoc
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -50,7 +51,7 @@ def bptt_growth(profile: Sequence[float]) -> float:
 
     Pairs where g_t is zero or either norm is not finite are left out; NaN when none is left.
     """
-    ratios = [a / b for a, b in zip(profile[:-1], profile[1:], strict=True)
+    ratios = [a / b for a, b in itertools.pairwise(profile)
               if b > 0 and math.isfinite(a) and math.isfinite(b)]
     return statistics.median(ratios) if ratios else float("nan")
 

@@ -14,10 +14,19 @@ from typing import Any
 
 import torch
 
-from bench.config import RunConfig
-from bench.train import build_run, loss_fn, resolve_device, seed_everything
+from bench.config import RunConfig, parse_clip
+from bench.diagnostics import grad_norms
+from bench.layers import LSTM
+from bench.train import (
+    DIAG_EVERY,
+    build_run,
+    loss_fn,
+    resolve_device,
+    seed_everything,
+    unclamped_grad_norms,
+)
 
-__all__ = ["format_speed_table", "measure_speed"]
+__all__ = ["format_speed_table", "measure_diagnostics_cost", "measure_speed"]
 
 IMAGE_SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
                 "svhn": (3, 32, 32)}
@@ -110,3 +119,62 @@ def format_speed_table(rows: list[dict[str, Any]], base: RunConfig) -> str:
         lines.append(f"{r['method']:<12}{r['step_ms']:>10.2f}{r['ratio']:>8.3f}{r['steps']:>7}"
                      f"{r['state_mb']:>11.1f}")
     return "\n".join(lines)
+
+
+def measure_diagnostics_cost(base: RunConfig, *, steps: int = 12, warmup: int = 2,
+                             rounds: int = 4) -> dict[str, Any]:
+    """What the per-layer gradient diagnostics of `bench.train.run` cost, in one process.
+
+    Interleaves, on one model and batch, the plain training step (as `measure_speed`) and the
+    diagnostic step that `run` takes every `DIAG_EVERY` steps: under ``gate:C`` one more
+    backward with the clamps off for the raw gradient, the per-layer norms of the raw and the
+    received gradient, and the flip count. Returns the medians (ms), the diagnostic step's ratio
+    to the plain one, and the amortised overhead of one diagnostic step in `DIAG_EVERY`.
+    """
+    if base.threads:
+        torch.set_num_threads(base.threads)
+    device = resolve_device(base.device)
+    seed_everything(base.seed)
+    x, y, shape, classes = _batch(base, device)
+    built = build_run(base, in_shape=shape, classes=classes)
+    lstms = [m for m in built.model.modules() if isinstance(m, LSTM)]
+    clip_kind, clip_c = parse_clip(base.clip)
+    for m in lstms:
+        m.gate_clip = clip_c if clip_kind == "gate" else None
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    params = [p for p in built.model.parameters() if p.requires_grad]
+
+    def step(diag: bool) -> float:
+        t0 = time.perf_counter()
+        logits = built.model(x)
+        loss = loss_fn(base.loss, logits, y)
+        built.optimizer.zero_grad()
+        raw = (unclamped_grad_norms(loss, built.weights, lstms, scaler)
+               if diag and clip_kind == "gate" else None)
+        loss.backward()
+        if diag and raw is None:
+            raw = grad_norms([w.param.grad for w in built.weights])
+        if clip_kind == "norm":
+            torch.nn.utils.clip_grad_norm_(params, clip_c)
+        if diag:
+            grad_norms([w.param.grad for w in built.weights])
+        built.optimizer.step(track_flips=diag)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    for _ in range(warmup):
+        step(False)
+        step(True)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    per_round = max(1, steps // rounds)
+    for _ in range(rounds):
+        for diag in (False, True):
+            times[diag] += [step(diag) for _ in range(per_round)]
+    plain, diag = statistics.median(times[False]), statistics.median(times[True])
+    return {"method": base.method, "clip": base.clip, "plain_ms": 1000 * plain,
+            "diag_ms": 1000 * diag, "diag_ratio": diag / plain,
+            "amortised_ratio": 1 + (diag / plain - 1) / DIAG_EVERY,
+            "spread_ms": {k: [1000 * min(v), 1000 * max(v)] for k, v in
+                          (("plain", times[False]), ("diag", times[True]))},
+            "steps": len(times[False])}

@@ -217,6 +217,22 @@ def _spectral(built: Built, alphas: dict[str, torch.Tensor]) -> dict[str, float]
     return out
 
 
+def unclamped_grad_norms(loss: torch.Tensor, weights: list, lstms: list[LSTM],
+                         scaler: torch.amp.GradScaler) -> list[float]:
+    """Norms of d loss / d w for each of `weights` with the LSTMs' gate clamps switched off: one
+    more backward through the graph of `loss` (kept for the clipped backward that follows), so a
+    diagnostic step under ``gate:C`` costs about one extra backward. ``.grad`` is not touched."""
+    for m in lstms:
+        m.clamp_switch.on = False
+    try:
+        grads = torch.autograd.grad(scaler.scale(loss), [w.param for w in weights],
+                                    retain_graph=True, allow_unused=True)
+    finally:
+        for m in lstms:
+            m.clamp_switch.on = True
+    return grad_norms(grads, scale=scaler.get_scale() if scaler.is_enabled() else 1.0)
+
+
 def model_cost(built: Built, config: RunConfig) -> dict[str, float]:
     """bits_per_weight over quantizable weights and the packed model size in bytes."""
     quant_ids = {id(w.param) for w in built.weights}
@@ -333,17 +349,8 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
                 logits = model(x)
             loss = loss_fn(config.loss, logits, y)
             opt.zero_grad()
-            raw = None
-            if diag and names and clip_kind == "gate":
-                # the raw gradient: one more backward through the same graph, clamps switched
-                # off (costs about one backward on every DIAG_EVERY-th step)
-                for m in lstms:
-                    m.clamp_switch.on = False
-                raw = grad_norms(torch.autograd.grad(
-                    scaler.scale(loss), [w.param for w in built.weights], retain_graph=True,
-                    allow_unused=True), scale=scaler.get_scale() if scaler.is_enabled() else 1.0)
-                for m in lstms:
-                    m.clamp_switch.on = True
+            raw = (unclamped_grad_norms(loss, built.weights, lstms, scaler)
+                   if diag and names and clip_kind == "gate" else None)
             scaler.scale(loss).backward()
             loss_value = loss.item()
             if not math.isfinite(loss_value) or loss_value > BOUND_FACTOR * chance:

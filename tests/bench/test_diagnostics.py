@@ -134,7 +134,7 @@ def _step(method, w0, **kw):
     p = torch.nn.Parameter(w0.clone())
     opt = QuantOptimizer([{"param": p, **kw.pop("target", {})}],
                          torch.optim.Adam([p], lr=0.01), method, **kw)
-    for k in range(3):
+    for _ in range(3):
         opt.zero_grad()
         (p * torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape).sin()).sum().backward()
         opt.step()
@@ -200,3 +200,14 @@ def test_nonfinite_loss_reason():
     result = run(RunConfig(method="fp", optimizer="sgd", lr=1e30, hidden=16, epochs=2))
     assert result.metrics["diverged"] == 1
     assert result.info["diverged_reason"] in ("nonfinite", "bound")
+
+
+def test_diagnostics_cost_benchmark_times_both_steps():
+    from bench.speed import measure_diagnostics_cost
+
+    cfg = RunConfig(model="lstm", dataset="pysrc", method="lab", hidden=16, seq_len=8,
+                    batch_size=4, clip="gate:1e-6")
+    row = measure_diagnostics_cost(cfg, steps=4, warmup=1, rounds=2)
+    assert row["steps"] == 4 and row["plain_ms"] > 0 and row["diag_ms"] > 0
+    assert row["diag_ratio"] == pytest.approx(row["diag_ms"] / row["plain_ms"])
+    assert row["amortised_ratio"] == pytest.approx(1 + (row["diag_ratio"] - 1) / train.DIAG_EVERY)
