@@ -27,6 +27,11 @@ def _expected_size(doc: dict) -> tuple[int, int]:
     return cells, len(study["seeds"])
 
 
+def _demo_steps_per_run() -> int:
+    base = tomllib.loads((SHIPPED / "demo.toml").read_text())["base"]
+    return base["epochs"] * (((base["train_limit"] - 1) // base["seq_len"]) // base["batch_size"])
+
+
 def test_studies_lists_every_shipped_study_with_its_size(capsys, monkeypatch):
     monkeypatch.setenv("LABBENCH_OFFLINE", "1")
     code, out, err = cli(capsys, "studies", "--no-probe", "--json")
@@ -40,8 +45,9 @@ def test_studies_lists_every_shipped_study_with_its_size(capsys, monkeypatch):
         row = rows[doc["study"]["name"]]
         assert (row["cells"], row["seeds"], row["runs"]) == (cells, seeds, cells * seeds), path.name
         assert row["core_s"] is None
-    # demo: 3 epochs of ((200000 - 1) // 64) // 32 = 97 steps, 4 methods x 2 seeds
-    assert rows["demo"]["steps"] == 8 * 3 * 97
+    # demo: epochs x ((train_limit - 1) // seq_len) // batch_size steps (pysrc's training split
+    # is far longer than the limit), 4 methods x 2 seeds
+    assert rows["demo"]["steps"] == 8 * _demo_steps_per_run()
 
 
 def test_the_cost_is_steps_times_the_probed_step_time(capsys, monkeypatch):
@@ -56,14 +62,15 @@ def test_the_cost_is_steps_times_the_probed_step_time(capsys, monkeypatch):
     code, out, err = cli(capsys, "studies", "demo", "--json")
     assert code == 0, err
     (row,) = json.loads(out)
-    # 2 seeds x 291 steps per run, each method at its own step time
-    assert row["core_s"] == pytest.approx(2 * 291 * (0.010 + 0.020 + 0.030 + 0.040), rel=1e-12)
+    # 2 seeds x the steps of a run, each method at its own step time
+    core_s = 2 * _demo_steps_per_run() * (0.010 + 0.020 + 0.030 + 0.040)
+    assert row["core_s"] == pytest.approx(core_s, rel=1e-12)
     assert sorted(methods[0] for _, methods in probed) == ["bc", "bwn", "fp", "lab"]
     for config, _ in probed:  # timed as one worker runs it, without torch.compile
         assert (config.threads, config.backend, config.hidden, config.batch_size, config.seq_len) == (
             1, "torch", 128, 32, 64)
     code, out, _ = cli(capsys, "studies", "demo", "--workers", "2")
-    assert code == 0 and " 0.02 " in out and " 29 s" in out  # 58.2 core-s: 0.016 h; 29 s on 2 workers
+    assert code == 0 and f" {core_s / 3600:.2f} " in out and f" {core_s / 2:.0f} s" in out
 
 
 def test_a_shipped_study_is_found_by_name_and_a_path_is_kept():
