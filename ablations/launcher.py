@@ -25,6 +25,7 @@ from ablations.progress import ProgressView, slot_label
 from ablations.state import has_work, repair, stale_trials, summarize
 from ablations.storage import STORAGE_ENV
 from ablations.study import StudyHandle, mlflow_client, optuna_study
+from ablations.tracking import finish_parent, prepare_study, start_parent
 
 __all__ = ["launch", "worker_command"]
 
@@ -86,6 +87,9 @@ def launch(handle: StudyHandle, *, workers: int, threads: int | None = None,
     view = ProgressView(spec.name, spec.n_runs if spec.mode == "grid" else spec.trials or 0,
                         quiet=quiet)
     view.print(f"{workers} worker(s) x {threads} torch thread(s); logs in {log_dir}")
+    # the parent run spans the grid: RUNNING now, ended with the study's outcome below
+    prepare_study(client, study, handle.experiment_id, handle.parent_run_id, spec)
+    start_parent(client, handle.parent_run_id)
     alive: list[_Worker] = []
     interrupted = 0
     fatal = False
@@ -118,6 +122,8 @@ def launch(handle: StudyHandle, *, workers: int, threads: int | None = None,
             _signal(w.proc, signal.SIGKILL)
             w.proc.wait()
             _worker_ended(w, study, client, handle, view, interrupted=1)
+    finish_parent(client, study, spec, handle.parent_run_id,
+                  status="KILLED" if interrupted else "FINISHED")
     return _report(handle, study, view, interrupted)
 
 

@@ -12,6 +12,11 @@ objective metric:
 - Ctrl-C (or SIGTERM) ends the run at once: the MLflow run is KILLED, the trial FAIL with the
   user attribute ``interrupted``, and a later ``labbench grid`` re-queues it.
 
+The seed is not an Optuna parameter. A grid's GridSampler still enumerates every (cell, seed)
+(the seed is one of its axes), but the objective reads the trial's seed from the sampler
+(`grid_seed`) instead of suggesting it, and records it as the user attribute ``seed``: so
+parameter importance (optuna-dashboard, `optuna.importance`) ranks only the study's axes.
+
 A trial that retries an earlier one (heartbeat, ``repair``, ``retry-failed``) carries the earlier
 attempt's ``mlflow_run_id``; if that run is still RUNNING it is marked FAILED first, so analysis
 never counts an abandoned run.
@@ -34,14 +39,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.trial import Trial, TrialState
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, Trial, TrialState
 
+from ablations import tracking
 from ablations.isolate import RunFailed, current_child, run_isolated
 from ablations.spec import StudySpec
 from bench.record import MlflowRecorder
 
-__all__ = ["RUN_FN_ENV", "Interrupts", "Objective", "close_stale_run", "mlflow_run_ids",
-           "process_start", "resolve_run_fn", "rss_mb", "trial_run"]
+__all__ = ["RUN_FN_ENV", "Interrupts", "Objective", "close_stale_run", "grid_seed", "mlflow_run_ids",
+           "process_start", "resolve_run_fn", "rss_mb", "slot_params", "trial_run", "trial_seed"]
 
 RUN_FN_ENV = "LABBENCH_RUN_FN"
 
@@ -141,9 +148,11 @@ class Objective:
 
     def _trial(self, trial: Trial) -> float:
         if self.spec.mode == "grid":
+            seed = grid_seed(trial, self.spec.seeds)
+            trial.set_user_attr("seed", seed)  # before any parameter: a trial with params has it
             params = self.spec.grid_params(trial.suggest_categorical)  # [grid.when.*] too
-            seeds = [trial.suggest_categorical("seed", list(self.spec.seeds))]
-            self._skip_duplicate(trial)
+            seeds = [seed]
+            self._skip_duplicate(trial, seed)
         else:
             params = {name: _suggest(trial, r) for name, r in self.spec.search.items()}
             seeds = list(self.spec.seeds)
@@ -167,9 +176,8 @@ class Objective:
         tags = {"mlflow.parentRunId": self.parent_run_id, "labbench.kind": "trial",
                 "labbench.study": self.spec.name, "labbench.cell": cell,
                 "labbench.seed": str(seed), "labbench.trial": str(trial.number),
-                "labbench.host": self.host}
-        name = " ".join([f"t{trial.number}", *(f"{k}={v}" for k, v in params.items()),
-                         f"seed={seed}"])[:250]
+                "labbench.host": self.host, **tracking.source_tags()}
+        name = tracking.run_name(self.spec, params, seed)
         on_metrics = _pruner_tap(trial, self.spec.objective) if prune else None
         with trial_run(self.client, self.experiment_id, run_name=name, tags=tags) as recorder:
             runs.append(recorder.run_id)
@@ -202,16 +210,16 @@ class Objective:
             value = math.inf if self.spec.direction == "minimize" else -math.inf
         return value
 
-    def _skip_duplicate(self, trial: Trial) -> None:
+    def _skip_duplicate(self, trial: Trial, seed: int) -> None:
         """Prune this trial when an earlier trial of the same cell and seed is running or done.
 
         Concurrent workers can draw one cell twice at the grid's tail (harness.md 1.1); the
         earlier trial wins, so every cell x seed runs once.
         """
-        mine = trial.params
+        mine = {**trial.params, "seed": seed}
         for other in trial.study.get_trials(deepcopy=False,
                                             states=(TrialState.RUNNING, TrialState.COMPLETE)):
-            if other.number < trial.number and other.params == mine:
+            if other.number < trial.number and other.params and slot_params(other) == mine:
                 trial.set_user_attr("duplicate_of", other.number)
                 raise optuna.TrialPruned(f"cell already taken by trial {other.number}")
 
@@ -227,6 +235,37 @@ class Objective:
             trial.set_user_attr("previous_mlflow_run_ids", previous)
         for run_id in previous:
             close_stale_run(self.client, run_id)
+
+
+def trial_seed(trial: FrozenTrial) -> int | None:
+    """The seed a grid trial ran (or runs) with: its user attribute ``seed``, or its parameter in
+    studies recorded when the seed was one."""
+    seed = trial.params.get("seed", trial.user_attrs.get("seed"))
+    return None if seed is None else int(seed)
+
+
+def slot_params(trial: FrozenTrial) -> dict[str, Any]:
+    """A grid trial's cell values and seed: what identifies its slot."""
+    return {**trial.params, "seed": trial_seed(trial)}
+
+
+def grid_seed(trial: Trial, seeds: tuple[int, ...] | list[int]) -> int:
+    """The seed of this grid trial, without making it an Optuna parameter.
+
+    A queued trial names it (``enqueue_trial`` params, or a re-queued copy's ``seed`` attribute
+    or parameter); otherwise the GridSampler's cell for this trial holds it, and the sampler's
+    public ``sample_independent`` returns it exactly as it would for ``suggest_categorical``.
+    """
+    study = trial.study
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    fixed = frozen.system_attrs.get("fixed_params") or {}
+    if "seed" in fixed:
+        return int(fixed["seed"])
+    known = trial_seed(frozen)
+    if known is not None:
+        return known
+    return int(study.sampler.sample_independent(study, frozen, "seed",
+                                                CategoricalDistribution(list(seeds))))
 
 
 def close_stale_run(client: Any, run_id: str) -> bool:

@@ -28,8 +28,9 @@ def format_duration(seconds: float | None) -> str:
 
 
 def slot_label(trial: Any) -> str:
-    """``method=bc hidden=64 seed=1`` for a trial's parameters."""
-    return " ".join(f"{k}={v}" for k, v in trial.params.items()) or f"trial {trial.number}"
+    """``method=bc hidden=64 seed=1`` for a trial's parameters and seed (a user attribute)."""
+    seed = {"seed": trial.user_attrs["seed"]} if "seed" in trial.user_attrs else {}
+    return " ".join(f"{k}={v}" for k, v in {**trial.params, **seed}.items()) or f"trial {trial.number}"
 
 
 class ProgressView:

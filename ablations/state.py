@@ -21,7 +21,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from ablations.objective import close_stale_run, mlflow_run_ids, process_start
+from ablations.objective import close_stale_run, mlflow_run_ids, process_start, slot_params
 from ablations.spec import StudySpec
 
 __all__ = ["Summary", "close_orphan_runs", "has_work", "owner_alive", "queue_copy", "queue_slots",
@@ -31,8 +31,8 @@ _RANK = {TrialState.COMPLETE: 4, TrialState.RUNNING: 3, TrialState.WAITING: 2, T
 
 
 def slot_of(trial: FrozenTrial) -> str:
-    """The identity of a trial's cell x seed: its parameters."""
-    return slot_key(trial.params)
+    """The identity of a trial's cell x seed: its parameters and its seed (a user attribute)."""
+    return slot_key(slot_params(trial))
 
 
 def slot_key(params: dict[str, Any]) -> str:

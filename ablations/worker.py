@@ -7,6 +7,10 @@ tail. On an RDB storage with a heartbeat a worker with nothing left stays while 
 trials run: if one of them stops beating (its machine died), this worker fails it, Optuna's retry
 callback queues it again, and this worker runs it.
 
+The worker that finds the study finished (nothing left to start, no trial running) records the
+outcome on the MLflow parent run and ends it (`ablations.tracking.finish_parent`), so a study run
+by ``labbench worker`` alone, with no launcher, still gets its summary and duration.
+
 Signals: Ctrl-C or SIGTERM kills the running run process, records the trial as interrupted
 (FAIL, MLflow run KILLED) and stops; a second signal stops at once.
 """
@@ -30,6 +34,7 @@ from ablations.objective import Interrupts, Objective, resolve_run_fn
 from ablations.state import has_work
 from ablations.storage import masked
 from ablations.study import StudyHandle, mlflow_client, optuna_study
+from ablations.tracking import finish_parent, prepare_study
 
 __all__ = ["run_worker"]
 
@@ -75,7 +80,9 @@ def run_worker(handle: StudyHandle, *, threads: int | None = None, isolate: bool
     if isolate:
         warm_up()
     study = optuna_study(handle, heartbeat=True)
-    objective = Objective(spec=spec, client=mlflow_client(handle.tracking_uri),
+    client = mlflow_client(handle.tracking_uri)
+    prepare_study(client, study, handle.experiment_id, handle.parent_run_id, spec)
+    objective = Objective(spec=spec, client=client,
                           experiment_id=handle.experiment_id, parent_run_id=handle.parent_run_id,
                           run_fn=resolve_run_fn(), interrupts=interrupts, threads=threads,
                           isolate=isolate)
@@ -111,6 +118,12 @@ def run_worker(handle: StudyHandle, *, threads: int | None = None, isolate: bool
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+    if not interrupts.requested and not has_work(study, spec) \
+            and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        try:
+            finish_parent(client, study, spec, handle.parent_run_id)
+        except Exception as err:  # the runs are recorded; the summary can be redone
+            log.warning("could not record the study's outcome on its parent run: %s", err)
     log.info("worker %d %s after %d trial(s)", os.getpid(),
              "interrupted" if interrupts.requested else "done: no cell left to start", ran[0])
     return 130 if interrupts.requested else 0

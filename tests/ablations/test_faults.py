@@ -10,6 +10,7 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
+from ablations.objective import slot_params
 from analysis import load_runs
 from tests.ablations.helpers import (
     cli,
@@ -43,7 +44,7 @@ def _running_trial_of(journal: str, name: str, pid: int):
 def _assert_complete_once(root, name: str, n: int) -> None:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     trials = load_study(str(root / "optuna.journal"), name).get_trials()
-    complete = [tuple(sorted(t.params.items())) for t in trials if t.state.name == "COMPLETE"]
+    complete = [tuple(sorted(slot_params(t).items())) for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == len(set(complete)) == n
     _, children = mlflow_runs(uri, name)
     assert not [r for r in children if r.info.status == "RUNNING"]
@@ -91,7 +92,7 @@ def test_kill_9_a_worker_mid_trial_then_repair_and_resume(tmp_path, capsys, monk
     _assert_complete_once(root, "killed", 6)
     retry = [t for t in load_study(journal, "killed").trials if t.system_attrs.get("failed_trial")
              == victim.number]
-    assert len(retry) == 1 and retry[0].params == victim.params
+    assert len(retry) == 1 and slot_params(retry[0]) == slot_params(victim)
     assert retry[0].state.name == "COMPLETE"
 
 

@@ -51,7 +51,7 @@ def test_two_workers_run_every_cell_once_with_the_documented_layout(two, capsys)
     # Optuna: each cell x seed exactly once, nothing else
     trials = load_study(str(root / "optuna.journal"), "two").get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 12
-    seen = sorted((t.params["method"], t.params["lr"], t.params["seed"]) for t in trials)
+    seen = sorted((t.params["method"], t.params["lr"], t.user_attrs["seed"]) for t in trials)
     assert seen == sorted((c["method"], c["lr"], s) for c in spec.cells() for s in spec.seeds)
 
     # MLflow: one parent, one FINISHED child per trial, the tags of docs/mlflow-layout.md
@@ -72,14 +72,14 @@ def test_two_workers_run_every_cell_once_with_the_documented_layout(two, capsys)
         assert t["labbench.kind"] == "trial" and t["labbench.study"] == "two"
         trial = by_trial[int(t["labbench.trial"])]
         assert trial.user_attrs["mlflow_run_id"] == rt.run_id
-        assert int(t["labbench.seed"]) == trial.params["seed"]
+        assert int(t["labbench.seed"]) == trial.user_attrs["seed"]
         config = spec.config({"method": trial.params["method"], "lr": trial.params["lr"]},
-                             trial.params["seed"])
+                             trial.user_attrs["seed"])
         assert re.fullmatch(r"[0-9a-f]{12}", t["labbench.cell"]) and t["labbench.cell"] == config.cell_id()
         cells.setdefault(t["labbench.cell"], set()).add(t["labbench.seed"])
         assert {"labbench.git_commit", "labbench.git_dirty", "labbench.task"} <= set(t)
         assert run.data.params["method"] == trial.params["method"]
-        assert run.data.params["seed"] == str(trial.params["seed"])
+        assert run.data.params["seed"] == str(trial.user_attrs["seed"])
         assert {"test_acc", "best_val_acc", "diverged", "wall_s", "val_acc", "train_loss"} \
             <= set(run.data.metrics)
         assert run.data.metrics["test_acc"] == trial.value
@@ -166,9 +166,11 @@ def _layout(uri: str, name: str) -> dict:
             "status": run.info.status, "tags": sorted(tags), "kind": tags["labbench.kind"],
             "params": run.data.params, "metrics": sorted(run.data.metrics),
             "artifacts": sorted(artifacts(uri, run.info.run_id))}
-    ptags = {k: v for k, v in parent.data.tags.items()
-             if k.startswith("labbench.") and k != "labbench.storage"}
-    return {"parent": (parent.info.status, ptags, sorted(artifacts(uri, parent.info.run_id))),
+    ptags = {k: v for k, v in parent.data.tags.items()  # the best run/trial: ids of this record
+             if k.startswith("labbench.") and k not in ("labbench.storage", "labbench.best_run_id",
+                                                         "labbench.best_trial")}
+    return {"parent": (parent.info.status, ptags, parent.data.params, sorted(parent.data.metrics),
+                       sorted(artifacts(uri, parent.info.run_id))),
             "runs": runs}
 
 

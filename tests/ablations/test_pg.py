@@ -9,6 +9,7 @@ import signal
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ablations.objective import slot_params
 from analysis import load_runs
 from tests.ablations.helpers import (
     cli,
@@ -54,9 +55,9 @@ def test_postgres_heartbeat_retries_a_killed_workers_trial(tmp_path, capsys, mon
     assert trials[victim.number].state.name == "FAIL"
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE"
-    assert retry[0].params == victim.params
+    assert slot_params(retry[0]) == slot_params(victim)
     assert retry[0].user_attrs["owner"]["pid"] == b.pid
-    complete = [tuple(sorted(t.params.items())) for t in trials if t.state.name == "COMPLETE"]
+    complete = [tuple(sorted(slot_params(t).items())) for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == len(set(complete)) == 6
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
