@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ablations.preflight import check_location, check_study
 from ablations.spec import StudyError, StudySpec, parse_study
 from ablations.storage import DEFAULT_ROOT, Heartbeat, Location, StorageError, masked, resolve_location
 
@@ -123,6 +124,8 @@ def _run_study(spec: StudySpec, args: argparse.Namespace, *, where: bool = True)
     if location.tracking_uri is None and location.kind == "rdb" and args.workers == 0:
         print("warning: no --tracking-uri: runs go to a SQLite file on this machine, which "
               "workers on other machines cannot reach", file=sys.stderr)
+    check_location(location)  # folders that can be made and written, then what each run needs
+    check_study(spec)
     # the input is good: from here on things are created
     import optuna
 

@@ -168,8 +168,11 @@ def parse_study(path: str | Path) -> StudySpec:
 
     Raises:
         StudyError: the file is missing or not TOML, or any key or value is wrong (the message
-            names the file, the dotted key, the value and what was expected).
+            names the file, the dotted key, the value and what was expected); every key that is
+            wrong on its own is reported at once (`ablations.preflight.StudyErrors`).
     """
+    from ablations.preflight import StudyErrors, study_problems
+
     where = str(path)
     p = Path(path)
     if not p.is_file():
@@ -178,6 +181,11 @@ def parse_study(path: str | Path) -> StudySpec:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise StudyError(where, "", f"not a valid TOML file: {err}") from None
+    except OSError as err:
+        raise StudyError(where, "", f"cannot read: {err.strerror or err}") from None
+    problems = study_problems(data, where)
+    if problems:
+        raise problems[0] if len(problems) == 1 else StudyErrors(problems)
     return spec_from_dict(data, where=where)
 
 

@@ -17,8 +17,13 @@ Example:
 
 from __future__ import annotations
 
+import datetime
+import errno
+import json
+import logging
 import os
 import re
+import shlex
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +34,18 @@ __all__ = [
     "Heartbeat",
     "Location",
     "StorageError",
+    "disk_full",
     "masked",
     "open_storage",
+    "recover_journal",
     "resolve_location",
+    "where_flags",
 ]
 
 DEFAULT_ROOT = "labbench-runs"
 JOURNAL_NAME = "optuna.journal"
+log = logging.getLogger("labbench.storage")
+_OP_START = b'{"op_code":'  # how Optuna's journal writes each operation (a JSON object a line)
 STORAGE_ENV = "LABBENCH_STORAGE"  # the launcher hands the URL to its workers here (not in argv)
 _RDB_SCHEMES = ("postgresql", "mysql", "sqlite")
 
@@ -119,16 +129,199 @@ def resolve_location(*, root: str | os.PathLike | None, storage: str | None,
     return Location(root=root_path, storage_url=url, tracking_uri=tracking_uri, kind=kind)
 
 
+def disk_full(err: BaseException | None) -> bool:
+    """Whether ``err`` (or an error it was raised from) is a full disk: ENOSPC or EDQUOT, or
+    SQLite's "database or disk is full" as MLflow and SQLAlchemy pass it on."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(err) for text in ("database or disk is full",
+                                             "No space left on device")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def where_flags(location: Location) -> str:
+    """The ``--root``/``--storage``/``--tracking-uri`` flags that name ``location`` again, for the
+    commands that messages suggest (quoted for a POSIX shell; a password shows as ``***``).
+
+    Example:
+        >>> where_flags(resolve_location(root="/tmp/my runs", storage=None, tracking_uri=None))
+        " --root '/tmp/my runs'"
+    """
+    flags = f" --root {shlex.quote(str(location.root))}"
+    if location.storage_url != str(location.root / JOURNAL_NAME):
+        flags += f" --storage {shlex.quote(masked(location.storage_url))}"
+    if location.tracking_uri is not None:
+        flags += f" --tracking-uri {shlex.quote(masked(location.tracking_uri))}"
+    return flags
+
+
+def recover_journal(path: str | os.PathLike, lock: Any = None) -> str | None:
+    """Make a journal that a full disk (or a killed writer) tore readable again.
+
+    A write cut short leaves a last line without its newline. Optuna skips such a line when it
+    reads, but its next append glues a whole operation onto it, and from then on every read of
+    the file fails, for every study in it. Here the torn tail is cut off (its bytes kept in
+    ``<journal>.torn-<UTC time>``), and a glued line written before this check existed keeps the
+    whole operation at its end. A torn operation was never acknowledged to Optuna's caller, so
+    nothing that was recorded is lost.
+
+    Args:
+        path: the journal file (absent: nothing to do).
+        lock: the journal backend's lock, held while the file is mended (None: held already).
+
+    Returns:
+        What was mended, for a warning, or None when the journal was whole.
+
+    Raises:
+        OSError: the backup or the mended file cannot be written (a disk still full); the
+            journal is left as it was.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    if _ends_whole(path) and not _glued_lines(path):
+        return None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _mend(path)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _ends_whole(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _mend(path: Path) -> str | None:
+    """`recover_journal`'s work, with the journal's lock held."""
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    lines, tail = data[:cut].splitlines(keepends=True), data[cut:]
+    mended, dropped = [], [tail] if tail else []
+    for line in lines:
+        op = _salvage(line)
+        if op is None:
+            dropped.append(line)
+        else:
+            mended.append(op)
+            if op != line:
+                dropped.append(line[:len(line) - len(op)])
+    if not dropped:
+        return None
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    backup = path.with_name(f"{path.name}.torn-{stamp}")
+    _write_synced(backup, b"\n".join(dropped))
+    if len(dropped) == 1 and tail:  # only a torn last line: cut it off in place
+        os.truncate(path, cut)
+    else:  # glued lines: write the mended journal beside it, then swap
+        tmp = path.with_name(f"{path.name}.mending")
+        try:
+            _write_synced(tmp, b"".join(mended))
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, path)
+    return (f"the Optuna journal {path} had {sum(map(len, dropped))} torn byte(s) (a full disk or "
+            f"a killed writer?); they were moved to {backup} and the journal is whole again")
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _journal_backend(path: str) -> Any:
+    """Optuna's journal file backend, with appends that never leave a torn line behind."""
+    from optuna.storages.journal import JournalFileBackend
+
+    class MendingJournalFileBackend(JournalFileBackend):
+        """Each append first cuts a torn tail (a writer killed mid-line) and, when the write
+        fails (a full disk), truncates the journal back to where it was, so the next append
+        never glues an operation onto half of another."""
+
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+            self._lock.acquire()
+            try:
+                journal = Path(self._file_path)
+                if not _ends_whole(journal):
+                    note = _mend(journal)
+                    if note:
+                        log.warning("%s", note)
+                size = journal.stat().st_size
+                try:
+                    with open(journal, "ab") as f:
+                        f.write(text.encode("utf-8"))
+                        f.flush()
+                        os.fsync(f.fileno())
+                except OSError:
+                    os.truncate(journal, size)  # needs no space
+                    raise
+            finally:
+                self._lock.release()
+
+    return MendingJournalFileBackend(path)
+
+
+def _glued_lines(path: Path) -> bool:
+    """Whether a line of the journal does not parse (a torn write with an operation glued on)."""
+    with open(path, "rb") as f:
+        return any(_salvage(line) != line for line in f if line.find(_OP_START, 1) > 0)
+
+
+def _salvage(line: bytes) -> bytes | None:
+    """The line if it is one JSON operation; else the whole operation at its end; else None."""
+    try:
+        json.loads(line)
+        return line
+    except ValueError:
+        pass
+    start = line.rfind(b"{")
+    while start > 0:
+        try:
+            if isinstance(json.loads(line[start:]), dict):
+                return line[start:]
+        except ValueError:
+            pass
+        start = line.rfind(b"{", 0, start)
+    return None
+
+
 def open_storage(location: Location, *, heartbeat: Heartbeat | None = None) -> Any:
     """The Optuna storage object (journal, or RDB with ``heartbeat`` when given).
 
     The journal's directory must exist (the launcher creates the run root).
     """
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-    from optuna.storages.journal import JournalFileBackend
 
     if location.kind == "journal":
-        return JournalStorage(JournalFileBackend(location.storage_url))
+        backend = _journal_backend(location.storage_url)
+        try:
+            note = recover_journal(location.storage_url, backend._lock)
+        except OSError as err:  # a disk still full: Optuna reads past a torn last line anyway
+            note = (f"the Optuna journal {location.storage_url} has a torn last line that cannot "
+                    f"be mended now ({err.strerror or err}); it is read without it")
+        if note:
+            log.warning("%s", note)
+        return JournalStorage(backend)
     kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
     if location.storage_url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}

@@ -11,7 +11,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -23,6 +25,7 @@ __all__ = [
     "MODELS",
     "MODEL_DEFAULTS",
     "ConfigError",
+    "ConfigErrors",
     "RunConfig",
     "parse_clip",
     "parse_schedule",
@@ -35,6 +38,17 @@ class ConfigError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.errors = [self]
+
+
+class ConfigErrors(ConfigError):
+    """Several bad values at once: ``errors`` holds each one, in field order (the message has
+    one line each). ``field`` is the first one's."""
+
+    def __init__(self, errors: list[ConfigError]):
+        ValueError.__init__(self, "\n".join(str(e) for e in errors))
+        self.field = errors[0].field
+        self.errors = list(errors)
 
 
 IMAGE_MODELS = ("mlp", "cnn", "resnet20", "resnet18")
@@ -62,6 +76,7 @@ FIELD_HELP: dict[str, str] = {
                    "LSTMs, else tensor)",
     "layer_methods": "mixed: 'PATTERN=METHOD[:BITS[:LEVELS]];...', e.g. '@first=laq:8;*=lab'",
     "ttq_threshold": "ttq: delta = t * max|w| (default 0.05)",
+    "fixed_scale": "bc-scaled: frozen alpha = fixed_scale / sqrt(fan-in) (default: mean|w| at init)",
     "backend": "proximal step: auto (Triton on CUDA, torch.compile on CPU for >= 1M binary "
                "weights, else torch) | torch | triton | compile",
     "optimizer": " | ".join(OPTIMIZERS),
@@ -104,6 +119,14 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
                     "clip": "norm:1"},
 }
 
+# Bounds that turn crashes deep in a run into a message up front: numpy seeds are 32-bit, torch
+# keeps the learning rate in float32 tensors (larger values overflow), and more epochs than this
+# are a typo (epochs * steps per epoch must stay a countable number of steps).
+MAX_SEED = 2**32 - 1
+MAX_FLOAT32 = 3.4028234663852886e38
+MAX_EPOCHS = 100_000
+MAX_STEPS = 10**12
+
 _SCHEDULE_RE = re.compile(
     r"^(const|cosine|paper|step:\d+(,\d+)*:[0-9.eE+-]+|every:\d+:[0-9.eE+-]+"
     r"|exp:[0-9.eE+-]+(:\d+)?)$"
@@ -131,8 +154,9 @@ def parse_clip(clip: str) -> tuple[str, float]:
         c = float(value)
     except ValueError:
         c = float("nan")
-    if kind not in ("gate", "norm") or not c > 0:
-        raise ConfigError("clip", f"expected 'none', 'gate:C' or 'norm:C' with C > 0, got {clip!r}")
+    if kind not in ("gate", "norm") or not 0 < c < math.inf:
+        raise ConfigError("clip", f"expected 'none', 'gate:C' or 'norm:C' with a finite C > 0, "
+                          f"got {clip!r}")
     return kind, c
 
 
@@ -145,9 +169,17 @@ def parse_schedule(schedule: str) -> tuple[str, list[float]]:
             f"'every:N:GAMMA', 'exp:GAMMA[:START]', got {schedule!r}",
         )
     kind, *rest = schedule.split(":")
-    if kind == "step":
-        return kind, [*map(float, rest[0].split(",")), float(rest[1])]
-    return kind, [float(x) for x in rest]
+    try:
+        nums = ([*map(float, rest[0].split(",")), float(rest[1])] if kind == "step"
+                else [float(x) for x in rest])
+    except ValueError:  # the pattern lets through digit-free words such as "e" or "+-"
+        raise ConfigError("schedule", f"expected numbers in {schedule!r}") from None
+    gamma = nums[-1] if kind in ("step", "every") else nums[0] if kind == "exp" else 1.0
+    if not 0 < gamma < math.inf:
+        raise ConfigError("schedule", f"expected a finite factor GAMMA > 0, got {schedule!r}")
+    if kind == "every" and nums[0] < 1:
+        raise ConfigError("schedule", f"'every:N:GAMMA' needs N >= 1 epochs, got {schedule!r}")
+    return kind, nums
 
 
 @dataclass(frozen=True)
@@ -174,6 +206,9 @@ class RunConfig:
     granularity: str | None = None  # scaled methods: "tensor" | "channel" | "gate" (LSTM only)
     layer_methods: str | None = None  # mixed: "PATTERN=METHOD[:BITS[:LEVELS]];..." first match wins
     ttq_threshold: float | None = None  # ttq: delta = t * max|w|, default 0.05
+    # bc-scaled: frozen alpha = fixed_scale / sqrt(fan-in) per matrix (per gate block for LSTMs),
+    # i.e. fixed_scale = alpha * sqrt(n); bc is fixed_scale = sqrt(n). Unset: mean|w| at init
+    fixed_scale: float | None = None
     # prox kernels: auto (Triton on CUDA; torch.compile on CPU for >= 1M binary weights) | torch |
     # triton | compile
     backend: str = "auto"
@@ -204,10 +239,24 @@ class RunConfig:
     _resolved: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._check_types()
-        self._check_choices()
-        self._check_ranges()
+        errors = self._field_errors(set(self.field_names()))
+        if errors:  # every field on its own first, all of them; then how they combine
+            raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
         self._resolve_and_check_applicability()
+
+    @classmethod
+    def check_values(cls, values: dict[str, Any]) -> list[ConfigError]:
+        """Each given field's own errors (type, choice, range), all of them, without building a
+        config: how fields combine (``bits`` with method ``lab``) is left to construction.
+
+        Example:
+            >>> [str(e) for e in RunConfig.check_values({"lr": -1.0, "epochs": 0, "model": "lstm"})]
+            ['lr: expected > 0, got -1.0', 'epochs: expected > 0, got 0']
+        """
+        probe = object.__new__(cls)
+        for f in fields(cls):
+            object.__setattr__(probe, f.name, values.get(f.name, f.default))
+        return probe._field_errors({k for k in values if k in cls.field_names()})
 
     # --- construction helpers -------------------------------------------------------------
     @classmethod
@@ -245,15 +294,24 @@ class RunConfig:
         return "lm" if self.model in SEQUENCE_MODELS else "classification"
 
     # --- validation -----------------------------------------------------------------------
-    def _check_types(self) -> None:
+    def _field_errors(self, names: set[str]) -> list[ConfigError]:
+        """The errors of the fields in ``names``, each judged on its own; a field with the wrong
+        type is not judged further."""
+        errors: list[ConfigError] = []
+        for check in (self._check_types, self._check_choices, self._check_ranges):
+            skip = {e.field for e in errors} | (set(self.field_names()) - names)
+            errors += [e for e in check(skip) if e.field not in skip]
+        return errors
+
+    def _check_types(self, skip: set[str]) -> Iterator[ConfigError]:
         for f in fields(self):
-            if f.name.startswith("_"):
+            if f.name.startswith("_") or f.name in skip:
                 continue
             value = getattr(self, f.name)
             kinds = f.type.replace(" ", "").split("|")
             if value is None:
                 if "None" not in kinds:
-                    raise ConfigError(f.name, "must be set (got None)")
+                    yield ConfigError(f.name, "must be set (got None)")
                 continue
             if "int" in kinds and isinstance(value, int) and not isinstance(value, bool):
                 continue
@@ -263,59 +321,63 @@ class RunConfig:
             if "str" in kinds and isinstance(value, str):
                 continue
             want = " or ".join(k for k in kinds if k != "None")
-            raise ConfigError(f.name, f"expected {want}, got {value!r} ({type(value).__name__})")
+            yield ConfigError(f.name, f"expected {want}, got {value!r} ({type(value).__name__})")
 
-    def _check_choices(self) -> None:
-        def choose(name: str, options: tuple[str, ...] | list[str]) -> None:
+    def _check_choices(self, skip: set[str]) -> Iterator[ConfigError]:
+        def choose(name: str, options: tuple[str, ...] | list[str]) -> Iterator[ConfigError]:
             value = getattr(self, name)
-            if value is not None and value not in options:
+            if name not in skip and value is not None and value not in options:
                 hint = difflib.get_close_matches(str(value), list(options), n=1)
                 extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ConfigError(name, f"unknown value {value!r}{extra}; valid: "
+                yield ConfigError(name, f"unknown value {value!r}{extra}; valid: "
                                   + ", ".join(options))
 
-        choose("model", MODELS)
-        choose("method", list(METHODS))
-        if not self.dataset.startswith("text:"):
-            choose("dataset", IMAGE_DATASETS + CHAR_DATASETS + ("text:PATH",))
-        elif len(self.dataset) <= len("text:"):
-            raise ConfigError("dataset", "expected text:PATH with a file path after 'text:'")
-        choose("optimizer", OPTIMIZERS)
-        choose("loss", LOSSES)
-        choose("granularity", GRANULARITIES)
-        choose("levels", LEVELS)
-        choose("device", DEVICES)
-        choose("dtype", DTYPES)
-        choose("backend", BACKENDS)
-        parse_schedule(self.schedule)
-        if self.clip is not None:
-            parse_clip(self.clip)
+        yield from choose("model", MODELS)
+        yield from choose("method", list(METHODS))
+        if "dataset" not in skip:
+            if not self.dataset.startswith("text:"):
+                yield from choose("dataset", IMAGE_DATASETS + CHAR_DATASETS + ("text:PATH",))
+            elif len(self.dataset) <= len("text:"):
+                yield ConfigError("dataset", "expected text:PATH with a file path after 'text:'")
+        for name, options in (("optimizer", OPTIMIZERS), ("loss", LOSSES),
+                              ("granularity", GRANULARITIES), ("levels", LEVELS),
+                              ("device", DEVICES), ("dtype", DTYPES), ("backend", BACKENDS)):
+            yield from choose(name, options)
+        for name, parse in (("schedule", parse_schedule), ("clip", parse_clip)):
+            if name not in skip and getattr(self, name) is not None:
+                try:
+                    parse(getattr(self, name))
+                except ConfigError as err:
+                    yield err
 
-    def _check_ranges(self) -> None:
-        def positive(name: str, allow_zero: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None:
-                return
-            ok = value >= 0 if allow_zero else value > 0
-            if not ok:
-                bound = ">= 0" if allow_zero else "> 0"
-                raise ConfigError(name, f"expected {bound}, got {value!r}")
+    def _check_ranges(self, skip: set[str]) -> Iterator[ConfigError]:
+        def value_of(name: str) -> Any:
+            return None if name in skip else getattr(self, name)
 
         for name in ("lr", "epochs", "steps", "batch_size", "hidden", "layers", "width",
-                     "train_limit", "eval_limit", "threads"):
-            positive(name)
-        for name in ("weight_decay", "seed"):
-            positive(name, allow_zero=True)
-        if self.seq_len is not None and self.seq_len < 2:
-            raise ConfigError("seq_len", f"expected >= 2, got {self.seq_len}")
-        if self.bits is not None and not 2 <= self.bits <= 8:
-            raise ConfigError("bits", f"expected 2 <= bits <= 8, got {self.bits}")
-        if self.ttq_threshold is not None and not 0 < self.ttq_threshold < 1:
-            raise ConfigError("ttq_threshold", f"expected 0 < t < 1, got {self.ttq_threshold}")
-        for name in ("lr", "weight_decay"):
-            value = getattr(self, name)
+                     "train_limit", "eval_limit", "threads", "weight_decay", "seed"):
+            value = value_of(name)
+            low = ">= 0" if name in ("weight_decay", "seed") else "> 0"
             if value is not None and value != value:  # NaN
-                raise ConfigError(name, "expected a number, got NaN")
+                yield ConfigError(name, "expected a number, got NaN")
+            elif value is not None and not (value >= 0 if low == ">= 0" else value > 0):
+                yield ConfigError(name, f"expected {low}, got {value!r}")
+            elif name in ("lr", "weight_decay") and value is not None and value > MAX_FLOAT32:
+                yield ConfigError(name, f"expected a finite number at most {MAX_FLOAT32:.4g} "
+                                  f"(the float32 range the optimizer computes in), got {value!r}")
+        for name, top in (("seed", MAX_SEED), ("epochs", MAX_EPOCHS), ("steps", MAX_STEPS)):
+            value = value_of(name)
+            if value is not None and value > top:
+                why = " (numpy's seed range)" if name == "seed" else ""
+                yield ConfigError(name, f"expected at most {top}{why}, got {value}")
+        if value_of("seq_len") is not None and self.seq_len < 2:
+            yield ConfigError("seq_len", f"expected >= 2, got {self.seq_len}")
+        if value_of("bits") is not None and not 2 <= self.bits <= 8:
+            yield ConfigError("bits", f"expected 2 <= bits <= 8, got {self.bits}")
+        if value_of("ttq_threshold") is not None and not 0 < self.ttq_threshold < 1:
+            yield ConfigError("ttq_threshold", f"expected 0 < t < 1, got {self.ttq_threshold}")
+        if value_of("fixed_scale") is not None and not 0 < self.fixed_scale < math.inf:
+            yield ConfigError("fixed_scale", f"expected a finite number > 0, got {self.fixed_scale}")
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -367,6 +429,7 @@ class RunConfig:
         only_for("bits", ("laq",), 3)
         only_for("levels", ("laq",), "linear")
         only_for("ttq_threshold", ("ttq",), 0.05)
+        only_for("fixed_scale", ("bc-scaled",), None)
         only_for("layer_methods", ("mixed",), "@first=laq:8;@last=laq:8;*=lab")
         if self.layer_methods is not None:
             try:
