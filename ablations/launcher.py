@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from typing import Any
 
 from ablations.progress import ProgressView, slot_label
 from ablations.state import has_work, repair, stale_trials, summarize
-from ablations.storage import STORAGE_ENV
+from ablations.storage import STORAGE_ENV, where_flags
 from ablations.study import StudyHandle, mlflow_client, optuna_study
 from ablations.tracking import finish_parent, prepare_study, start_parent
 
@@ -162,12 +163,15 @@ def _report(handle: StudyHandle, study: Any, view: ProgressView, interrupted: in
     for t in s.failures[:10]:
         reason = t.user_attrs.get("error") or t.user_attrs.get("stale") or "interrupted"
         view.print(f"  failed: trial {t.number} {slot_label(t)}: {reason}")
+    flags = where_flags(handle.location)  # the hints run as printed, from any folder
     if interrupted:
+        again = (f"labbench grid {shlex.quote(str(Path(spec.source).absolute()))}{flags}"
+                 if spec.source else f"labbench retry-failed {spec.name}{flags}")
         view.print("interrupted: the running trials were recorded as failed (MLflow runs KILLED); "
-                   f"resume with `labbench grid {spec.source or spec.name}`")
+                   f"resume with `{again}`")
         return 130
     if s.failed:
-        view.print(f"re-run the failed cells with `labbench retry-failed {spec.name}`")
+        view.print(f"re-run the failed cells with `labbench retry-failed {spec.name}{flags}`")
     if s.complete >= s.total and not s.failed:
         return 0
     return 1

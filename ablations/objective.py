@@ -45,6 +45,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from ablations import tracking
 from ablations.isolate import RunFailed, current_child, run_isolated
 from ablations.spec import StudySpec
+from ablations.storage import disk_full
 from bench.record import MlflowRecorder
 
 __all__ = ["RUN_FN_ENV", "Interrupts", "Objective", "close_stale_run", "grid_seed", "mlflow_run_ids",
@@ -81,10 +82,15 @@ class Interrupts:
 
     requested: int = 0
     in_run: bool = False  # an in-process run is going on (no child to kill)
+    # the interrupted trial is being recorded (MLflow run KILLED, trial FAIL): a second signal
+    # waits for that to finish instead of raising inside it; a third one still raises
+    marking: bool = False
 
     def handler(self, signum: int, frame: Any) -> None:
         self.requested += 1
         child = current_child()
+        if self.marking and self.requested < 3:
+            return
         if self.requested > 1 or (child is None and self.in_run):
             raise KeyboardInterrupt
         if child is not None:
@@ -138,12 +144,16 @@ class Objective:
         try:
             return self._trial(trial)
         except KeyboardInterrupt:
+            self.interrupts.marking = True  # until the worker has seen Optuna record the FAIL
             trial.set_user_attr("interrupted", 1)
             raise
         except optuna.TrialPruned:
             raise
         except Exception as err:
-            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:500])
+            with contextlib.suppress(Exception):  # a full disk may refuse these: keep `err`
+                trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:500])
+                if disk_full(err):  # not the run's fault: the next `labbench grid` runs it again
+                    trial.set_user_attr("fault", "disk full")
             raise
 
     def _trial(self, trial: Trial) -> float:
@@ -192,6 +202,8 @@ class Objective:
                 metrics = run_isolated(self.run_fn, config, tap, on_metrics=on_metrics,
                                        threads=self.threads, isolate=self.isolate)
             except BaseException as err:
+                if isinstance(err, KeyboardInterrupt) or self.interrupts.requested:
+                    self.interrupts.marking = True  # the MLflow run is marked KILLED next
                 if not tap.params_logged:  # a run that failed early still names its cell
                     with contextlib.suppress(Exception):
                         recorder.log_params(config.to_dict())
@@ -227,7 +239,7 @@ class Objective:
         """A retry inherits the earlier attempt's attributes: clear the outcome ones, and fail
         the earlier MLflow runs that are still RUNNING."""
         attrs = trial.user_attrs
-        for key in ("error", "interrupted", "stale", "diverged", "mlflow_run_id", "mlflow_run_ids"):
+        for key in ("error", "interrupted", "fault", "stale", "diverged", "mlflow_run_id", "mlflow_run_ids"):
             if attrs.get(key) is not None:
                 trial.set_user_attr(key, None)
         previous = mlflow_run_ids(attrs)

@@ -21,6 +21,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from ablations.interrupts import interrupts_deferred
 from ablations.objective import close_stale_run, mlflow_run_ids, process_start, slot_params
 from ablations.spec import StudySpec
 
@@ -224,38 +225,50 @@ def repair(study: optuna.Study, client: Any, stale: list[tuple[FrozenTrial, str]
     Returns:
         The trials that were re-queued.
     """
-    storage = study._storage
     requeued = []
     for trial, reason in stale:
-        try:  # attributes first: a finished trial's cannot change
-            storage.set_trial_user_attr(trial._trial_id, "stale", reason)
-            if interrupted:
-                storage.set_trial_user_attr(trial._trial_id, "interrupted", 1)
-            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                continue
-        except UpdateFinishedTrialError:  # it finished meanwhile
-            continue
-        owner = trial.user_attrs.get("owner") or {}
-        if owner.get("trial") == trial.number:
-            for run_id in mlflow_run_ids(trial.user_attrs):
-                close_stale_run(client, run_id)
-        trial = storage.get_trial(trial._trial_id)
-        history = trial.system_attrs.get("retry_history", [])
-        if not requeue or (max_retry is not None and len(history) >= max_retry):
-            continue
-        state, _ = slot_states(study.get_trials(deepcopy=False)).get(slot_of(trial),
-                                                                     (TrialState.FAIL, None))
-        if state == TrialState.FAIL:
-            queue_copy(study, trial)
-            requeued.append(trial)
+        with interrupts_deferred():  # Ctrl-C waits until this trial is wholly marked
+            again = _fail_stale(study, client, trial, reason, max_retry=max_retry,
+                                interrupted=interrupted, requeue=requeue)
+        if again is not None:
+            requeued.append(again)
     close_orphan_runs(study, client)
     return requeued
 
 
+def _fail_stale(study: optuna.Study, client: Any, trial: FrozenTrial, reason: str, *,
+                max_retry: int | None, interrupted: bool, requeue: bool) -> FrozenTrial | None:
+    """Fail one stale trial and its MLflow runs; the trial when its slot was queued again."""
+    storage = study._storage
+    try:  # attributes first: a finished trial's cannot change
+        storage.set_trial_user_attr(trial._trial_id, "stale", reason)
+        if interrupted:
+            storage.set_trial_user_attr(trial._trial_id, "interrupted", 1)
+        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            return None
+    except UpdateFinishedTrialError:  # it finished meanwhile
+        return None
+    owner = trial.user_attrs.get("owner") or {}
+    if owner.get("trial") == trial.number:
+        for run_id in mlflow_run_ids(trial.user_attrs):
+            close_stale_run(client, run_id)
+    trial = storage.get_trial(trial._trial_id)
+    history = trial.system_attrs.get("retry_history", [])
+    if not requeue or (max_retry is not None and len(history) >= max_retry):
+        return None
+    state, _ = slot_states(study.get_trials(deepcopy=False)).get(slot_of(trial),
+                                                                 (TrialState.FAIL, None))
+    if state != TrialState.FAIL:
+        return None
+    queue_copy(study, trial)
+    return trial
+
+
 def requeue_failed(study: optuna.Study, spec: StudySpec, *, only_interrupted: bool = False
                    ) -> list[FrozenTrial]:
-    """Re-queue every failed slot (``retry-failed``), or only those whose last trial was
-    interrupted by Ctrl-C (``labbench grid`` on an existing study)."""
+    """Re-queue every failed slot (``retry-failed``), or only those whose last trial failed for
+    a reason outside its run (``labbench grid`` on an existing study): Ctrl-C, a full disk, or a
+    failure whose reason could not even be recorded."""
     trials = study.get_trials(deepcopy=False)
     if spec.mode == "grid":
         failed = [t for state, t in slot_states(trials).values() if state == TrialState.FAIL]
@@ -263,10 +276,15 @@ def requeue_failed(study: optuna.Study, spec: StudySpec, *, only_interrupted: bo
         retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
         failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]
     if only_interrupted:
-        failed = [t for t in failed if t.user_attrs.get("interrupted")]
+        failed = [t for t in failed if _not_the_runs_fault(t.user_attrs)]
     for trial in failed:
         queue_copy(study, trial)
     return failed
+
+
+def _not_the_runs_fault(attrs: dict[str, Any]) -> bool:
+    return bool(attrs.get("interrupted") or attrs.get("fault")
+                or (attrs.get("error") is None and attrs.get("stale") is None))
 
 
 def close_orphan_runs(study: optuna.Study, client: Any) -> int:

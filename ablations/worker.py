@@ -116,6 +116,7 @@ def run_worker(handle: StudyHandle, *, threads: int | None = None, isolate: bool
     except KeyboardInterrupt:
         interrupts.requested += 1
     finally:
+        interrupts.marking = False
         for sig, old in previous.items():
             signal.signal(sig, old)
     if not interrupts.requested and not has_work(study, spec) \
