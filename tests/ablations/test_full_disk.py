@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -208,3 +209,42 @@ def test_a_full_disk_fails_trials_cleanly_and_the_study_finishes_after(tmp_path,
             finished = _finished_runs(f"sqlite:///{root / 'mlflow.db'}", name)
             assert len(finished) == len(set(finished)) == n, name
         assert not [b for b in root.glob("optuna.journal.torn-*") if b.stat().st_size == 0]
+
+
+# --- Ctrl-C while a trial is being marked -----------------------------------------------------
+def test_a_second_signal_while_marking_waits_and_a_third_raises():
+    from ablations.objective import Interrupts
+
+    interrupts = Interrupts(requested=1, marking=True)  # the first Ctrl-C is being recorded
+    interrupts.handler(signal.SIGINT, None)  # the second: no KeyboardInterrupt inside the marking
+    assert interrupts.requested == 2
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.handler(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt):  # outside a marking a second signal raises at once
+        Interrupts(requested=1).handler(signal.SIGINT, None)
+
+
+def test_ctrl_c_in_the_middle_of_repair_waits_for_the_trial_to_be_marked(tmp_path, monkeypatch):
+    """A real SIGINT arrives while repair closes the trial's MLflow run: the trial still ends
+    FAIL with its cell queued again, and the KeyboardInterrupt comes after that."""
+    import ablations.state
+    from ablations.state import repair
+
+    storage = open_storage(resolve_location(root=tmp_path, storage=None, tracking_uri=None))
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask({"x": optuna.distributions.CategoricalDistribution([1, 2])})
+    trial.set_user_attr("owner", {"trial": trial.number, "host": "h", "pid": 1})
+    trial.set_user_attr("mlflow_run_id", "r1")
+    closed = []
+
+    def close_with_ctrl_c(client, run_id):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands in the middle of the marking
+        closed.append(run_id)
+        return True
+
+    monkeypatch.setattr(ablations.state, "close_stale_run", close_with_ctrl_c)
+    frozen = study.trials[trial.number]
+    with pytest.raises(KeyboardInterrupt):
+        repair(study, client=None, stale=[(frozen, "its worker is gone")])
+    states = [t.state.name for t in study.get_trials()]
+    assert closed == ["r1"] and states == ["FAIL", "WAITING"]
