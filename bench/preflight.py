@@ -137,9 +137,20 @@ def _is_view(func: Any) -> bool:
                for a in func._schema.returns)
 
 
-@functools.cache
 def _split_sizes(name: str) -> tuple[int, int, int, int]:
-    """(train, val, test, classes or vocabulary size) of a dataset, loaded once per process."""
+    """(train, val, test, classes or vocabulary size) of a dataset, loaded once per process and
+    place it is read from (``$LABBENCH_DATA``; a ``text:`` file's size and time)."""
+    from bench.data import data_root
+
+    where: tuple = (str(data_root()),)
+    if name.startswith("text:"):
+        stat = Path(name[len("text:"):]).expanduser().stat()
+        where = (stat.st_size, stat.st_mtime_ns)
+    return _load_sizes(name, where)
+
+
+@functools.cache
+def _load_sizes(name: str, where: tuple) -> tuple[int, int, int, int]:
     from bench.data import load_dataset
 
     data = load_dataset(name)
