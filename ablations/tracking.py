@@ -18,25 +18,18 @@
 
 from __future__ import annotations
 
-import functools
 import math
-import subprocess
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 from ablations.spec import StudySpec
 from bench.config import RunConfig
+from bench.record import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, source_tags
 
 __all__ = ["ALIASES", "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "cell_name", "finish_parent",
            "parent_params", "prepare_study", "run_name", "source_tags", "start_parent",
            "study_outcome", "varying_axes"]
-
-# The tag MLflow 3's UI reads to choose an experiment's view, and its value for model training
-# (shown as "Machine learning"; "genai_development" is the GenAI view).
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
 
 # Short names of common RunConfig fields in run names; other fields keep their own name. The
 # method's value stands first, without a name.
@@ -44,39 +37,6 @@ ALIASES = {"hidden": "h", "layers": "L", "width": "w", "batch_size": "bs", "weig
            "seq_len": "T", "granularity": "gran", "optimizer": "opt", "schedule": "sched",
            "epochs": "ep", "dataset": "data", "fixed_scale": "scale", "ttq_threshold": "ttq",
            "train_limit": "ntrain", "eval_limit": "neval"}
-
-REPO_DIR = Path(__file__).resolve().parent.parent
-SOURCE_NAME = "bench/cli.py"  # the `labbench` command, relative to the checkout
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out or None
-
-
-@functools.cache
-def source_tags() -> dict[str, str]:
-    """MLflow's source tags for code run from this labbench checkout (computed once per process:
-    the code a process runs is the code it imported)."""
-    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": SOURCE_NAME}
-    commit = _git("rev-parse", "HEAD")
-    if commit is None:  # not a git checkout (an installed wheel): no git tags
-        return tags
-    tags["mlflow.source.git.commit"] = commit
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
-    tags["mlflow.source.git.dirty"] = "true" if dirty else "false"
-    branch = _git("rev-parse", "--abbrev-ref", "HEAD")
-    if branch and branch != "HEAD":
-        tags["mlflow.source.git.branch"] = branch
-    url = _git("remote", "get-url", "origin")
-    if url:
-        tags["mlflow.source.git.repoURL"] = url
-    return tags
-
 
 def _value(v: Any, *, sampled: bool = False) -> str:
     if v is None:

@@ -9,6 +9,7 @@ the traceback as an artifact, or KILLED on Ctrl-C. The names follow docs/mlflow-
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import logging
 import os
@@ -25,6 +26,8 @@ from typing import Any, Protocol
 import torch
 
 __all__ = [
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
     "MlflowRecorder",
     "NullRecorder",
     "Recorder",
@@ -34,10 +37,48 @@ __all__ = [
     "git_info",
     "mlflow_run",
     "peak_rss_mb",
+    "source_tags",
 ]
 
 log = logging.getLogger(__name__)
 REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+# The tag MLflow 3's UI reads to choose an experiment's view, and its value for model training
+# (shown as "Machine learning"; "genai_development" is the GenAI view).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+SOURCE_NAME = "bench/cli.py"  # the `labbench` command, relative to the checkout
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
+@functools.cache
+def source_tags() -> dict[str, str]:
+    """MLflow's source tags for code run from this labbench checkout (computed once per process:
+    the code a process runs is the code it imported)."""
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": SOURCE_NAME}
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:  # not a git checkout (an installed wheel): no git tags
+        return tags
+    tags["mlflow.source.git.commit"] = commit
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    tags["mlflow.source.git.dirty"] = "true" if dirty else "false"
+    branch = _git("rev-parse", "--abbrev-ref", "HEAD")
+    if branch and branch != "HEAD":
+        tags["mlflow.source.git.branch"] = branch
+    url = _git("remote", "get-url", "origin")
+    if url:
+        tags["mlflow.source.git.repoURL"] = url
+    return tags
 
 
 class Recorder(Protocol):
@@ -108,13 +149,16 @@ def ensure_experiment(client: Any, name: str, tracking_uri: str) -> str:
     """The id of experiment `name`, creating it (with artifacts next to a sqlite database)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     location = None
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///"):])
         location = (db.parent / "mlartifacts" / name).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # created concurrently by another process: use theirs
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -126,7 +170,7 @@ def ensure_experiment(client: Any, name: str, tracking_uri: str) -> str:
 def mlflow_run(client: Any, experiment_id: str, *, run_name: str, tags: dict[str, str]
                ) -> Iterator[MlflowRecorder]:
     """Create a run and always terminate it (FINISHED / FAILED + traceback.txt / KILLED)."""
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run = client.create_run(experiment_id, run_name=run_name, tags={**source_tags(), **tags})
     recorder = MlflowRecorder(client, run.info.run_id)
     try:
         yield recorder

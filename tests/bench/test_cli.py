@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -74,6 +75,13 @@ def test_run_records_one_mlflow_run(capsys, tmp_path):
         "labbench-runs", r.info.run_id, "artifacts", "env.json").read_text())
     assert env["data"]["name"] == "fashion-mnist" and len(env["data"]["hash"]) == 64
     assert env["packages"]["torch"].startswith("2.")
+    # a single run reads in MLflow's UI like a study's: model-training view, source tags
+    exp = client.get_experiment_by_name("labbench-runs")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
+    assert r.data.tags["mlflow.source.name"] == "bench/cli.py"
+    assert r.data.tags["mlflow.source.git.commit"] == head
 
 
 def test_nan_run_exits_0_with_diverged_recorded(capsys, tmp_path):
