@@ -1,7 +1,9 @@
 """Figures of per-epoch curves: learning curves, gradient norms, alpha, spectral norms.
 
 Re-exported by :mod:`analysis.plots`; the conventions there hold (columns checked first, Figures
-made without pyplot, colour-blind-safe palette, 95% bootstrap CI bands, legends outside).
+made without pyplot, grid order, a colour, marker and dash per level, 95% bootstrap CI bands,
+legends outside, text >= 9 px at the report's width). Figures with one panel per layer wrap
+their panels into rows of at most three and put the legend below them.
 """
 
 from __future__ import annotations
@@ -15,14 +17,42 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from analysis._plotstyle import figure_legend, label, levels, new_figure, palette, require
+from analysis._plotstyle import (
+    axis_levels,
+    dashes,
+    figure_legend,
+    label,
+    markers,
+    new_figure,
+    palette,
+    require,
+    styled,
+)
 
 __all__ = ["alpha_trajectories", "grad_norm_curves", "learning_curves", "spectral_norm_curves"]
 
 _CI = ("ci", 95)
 _CURVE_COLUMNS = ("run_id", "metric", "step", "value")
+_PANEL = {"panel_w": 3.5, "panel_h": 2.9, "ncols": 3, "legend_w": 0.0, "legend_h": 0.9}
 
 
+def _hue_style(levels: list, shown: list, hue: str) -> dict:
+    """seaborn lineplot keywords: colour, marker and dash of each shown level, in grid order."""
+    colours, shapes, lines = palette(levels), markers(levels), dashes(levels)
+    return {
+        "hue": hue, "hue_order": shown, "palette": {h: colours[h] for h in shown},
+        "style": hue, "style_order": shown, "markers": {h: shapes[h] for h in shown},
+        "dashes": {h: lines[h] for h in shown},
+    }  # fmt: skip
+
+
+def _legend(fig: Figure, levels: list, shown: list, hue: str, extra=(), *, below: bool) -> None:
+    colours, shapes, lines = palette(levels), markers(levels), dashes(levels)
+    figure_legend(fig, {h: colours[h] for h in shown}, hue, extra, shapes=shapes, line_dashes=lines,
+                  below=below)  # fmt: skip
+
+
+@styled
 def learning_curves(
     curves: pd.DataFrame,
     metric: str,
@@ -38,8 +68,8 @@ def learning_curves(
         curves: a :func:`analysis.load_curves` frame holding ``metric``.
         metric: e.g. ``val_xent``.
         hue: the column drawn as colours.
-        hue_order: its levels (default: sorted levels of the whole ``curves`` frame, so colours
-            agree between figures drawn from one frame).
+        hue_order: its levels (default: the grid's order, else sorted, of the whole ``curves``
+            frame, so colours, markers and dashes agree between figures drawn from one frame).
         n_boot, seed: the CI band's bootstrap resamples and seed.
 
     Returns:
@@ -52,30 +82,28 @@ def learning_curves(
     data = curves[curves["metric"] == metric]
     if data.empty:
         raise ValueError(f"learning_curves: no rows for metric {metric!r}")
-    hues = [h for h in levels(curves[hue], hue_order) if h in set(data[hue])]
-    colours = palette(levels(curves[hue], hue_order))
+    every = axis_levels(curves, hue, hue_order)
+    hues = [h for h in every if h in set(data[hue])]
     fig, (ax,) = new_figure(1, panel_w=6.0, panel_h=4.2)
     sns.lineplot(
         data=data,
         x="step",
         y="value",
-        hue=hue,
-        hue_order=hues,
-        palette=colours,
         errorbar=_CI,
         n_boot=n_boot,
         seed=seed,
-        marker="o",
         ax=ax,
         legend=False,
+        **_hue_style(every, hues, hue),
     )
     _epoch_axis(ax)
     ax.set_ylabel(label(metric) + ", mean and 95% CI")
     ax.set_title(f"Learning curves: {metric}")
-    figure_legend(fig, {h: colours[h] for h in hues}, hue)
+    _legend(fig, every, hues, hue, below=False)
     return fig
 
 
+@styled
 def grad_norm_curves(
     curves: pd.DataFrame,
     hue: str = "method",
@@ -113,6 +141,7 @@ def grad_norm_curves(
     )
 
 
+@styled
 def alpha_trajectories(
     curves: pd.DataFrame,
     hue: str = "method",
@@ -150,6 +179,7 @@ def alpha_trajectories(
     )
 
 
+@styled
 def spectral_norm_curves(
     curves: pd.DataFrame,
     hue: str = "method",
@@ -161,9 +191,9 @@ def spectral_norm_curves(
 ) -> Figure:
     """Spectral norm of each quantized recurrent gate block per epoch, with its lower bound.
 
-    Solid lines (95% CI band) are ``spectral/<layer>.<gate>``; dashed lines of the same colour are
-    the mean ``spectral_bound/<layer>.<gate>`` = alpha * sqrt(H), Proposition 3.2's lower bound for
-    alpha times an H x H matrix of +-1.
+    Lines with markers (95% CI band) are ``spectral/<layer>.<gate>``; thick faint lines of the same
+    colour are the mean ``spectral_bound/<layer>.<gate>`` = alpha * sqrt(H), Proposition 3.2's
+    lower bound for alpha times an H x H matrix of +-1. Panels wrap three to a row.
 
     Args:
         curves: a :func:`analysis.load_curves` frame holding ``spectral/`` and
@@ -189,9 +219,10 @@ def spectral_norm_curves(
     if lacking:
         raise ValueError(f"{where}: no spectral_bound/ metric for {lacking}")
     names = names[:max_panels]
-    colours = palette(levels(curves[hue], hue_order))
-    hues = [h for h in colours if h in set(curves.loc[curves["metric"].isin(names), hue])]
-    fig, axes = new_figure(len(names), panel_w=4.2, panel_h=3.2, ncols=4)
+    every = axis_levels(curves, hue, hue_order)
+    hues = [h for h in every if h in set(curves.loc[curves["metric"].isin(names), hue])]
+    colours = palette(every)
+    fig, axes = new_figure(len(names), **_PANEL)
     for ax, name in zip(axes, names, strict=True):
         matrix = name.removeprefix("spectral/")
         data = curves[curves["metric"] == name]
@@ -199,28 +230,27 @@ def spectral_norm_curves(
             data=data,
             x="step",
             y="value",
-            hue=hue,
-            hue_order=hues,
-            palette=colours,
             errorbar=_CI,
             n_boot=n_boot,
             seed=seed,
             ax=ax,
             legend=False,
+            **_hue_style(every, hues, hue),
         )
         bound = curves[curves["metric"] == "spectral_bound/" + matrix]
         for level, part in bound.groupby(hue, sort=True):
             mean = part.groupby("step")["value"].mean()
-            ax.plot(mean.index, mean.to_numpy(), linestyle="--", color=colours[level])
-        ax.set_title(matrix, fontsize="medium")
+            ax.plot(mean.index, mean.to_numpy(), color=colours[level], lw=3.5, alpha=0.3,
+                    solid_capstyle="butt")  # fmt: skip
+        ax.set_title(matrix)
         _epoch_axis(ax)
         ax.set_ylabel("largest singular value")
     fig.suptitle("Spectral norm of quantized recurrent matrices and the bound alpha*sqrt(H)")
     extra = [
-        Line2D([], [], color="0.3", label="spectral norm (mean, 95% CI)"),
-        Line2D([], [], color="0.3", linestyle="--", label="bound alpha*sqrt(H) (Prop. 3.2)"),
+        Line2D([], [], color="0.3", marker="o", label="spectral norm (mean, 95% CI)"),
+        Line2D([], [], color="0.3", lw=3.5, alpha=0.3, label="bound alpha*sqrt(H) (Prop. 3.2)"),
     ]
-    figure_legend(fig, {h: colours[h] for h in hues}, hue, extra)
+    _legend(fig, every, hues, hue, extra, below=True)
     return fig
 
 
@@ -243,33 +273,30 @@ def _layer_panels(
     if not names:
         raise ValueError(f"{where}: no {prefix!r} metric in the curves")
     shown = names[:max_panels]
-    colours = palette(levels(curves[hue], hue_order))
-    hues = [h for h in colours if h in set(curves.loc[curves["metric"].isin(shown), hue])]
-    fig, axes = new_figure(len(shown), panel_w=4.2, panel_h=3.2)
+    every = axis_levels(curves, hue, hue_order)
+    hues = [h for h in every if h in set(curves.loc[curves["metric"].isin(shown), hue])]
+    fig, axes = new_figure(len(shown), **_PANEL)
     for ax, name in zip(axes, shown, strict=True):
         data = curves[curves["metric"] == name]
         sns.lineplot(
             data=data,
             x="step",
             y="value",
-            hue=hue,
-            hue_order=hues,
-            palette=colours,
             errorbar=_CI,
             n_boot=n_boot,
             seed=seed,
-            marker="o",
             ax=ax,
             legend=False,
+            **_hue_style(every, hues, hue),
         )
         if log and np.all(data["value"] > 0):
             ax.set_yscale("log")
-        ax.set_title(name.removeprefix(prefix), fontsize="medium")
+        ax.set_title(name.removeprefix(prefix))
         _epoch_axis(ax)
         ax.set_ylabel(label(name).replace(name, prefix.rstrip("/")))
     more = f" (first {len(shown)} of {len(names)} layers)" if len(names) > len(shown) else ""
     fig.suptitle(title + more)
-    figure_legend(fig, {h: colours[h] for h in hues}, hue)
+    _legend(fig, every, hues, hue, below=True)
     return fig
 
 

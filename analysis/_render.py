@@ -3,6 +3,10 @@
 A block is one of :class:`Heading`, :class:`Text`, :class:`Table`, :class:`Image`.
 The HTML embeds each image as a base64 PNG data URI and its style sheet inline: it loads nothing
 from anywhere and needs no JavaScript.
+
+Every string of a block is plain text, whatever its source (the study file, run params, env.json
+values): the HTML escapes it with :func:`html.escape`, the Markdown with :func:`escape_markdown`,
+so ``<script>`` never reaches either as markup and ``|`` never splits a table cell.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "Image",
     "Table",
     "Text",
+    "escape_markdown",
     "fmt_number",
     "fmt_p",
     "to_html",
@@ -95,21 +100,66 @@ def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+# characters that start Markdown syntax anywhere in a line (GitHub-flavoured: ~ strikes through,
+# $ starts math); backslash-escaped
+_MD_SPECIAL = re.compile(r"([\\`*\[\]|~$#])")
+# "_" starts emphasis only next to a non-word character: "test_xent" stays as it is
+_MD_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# a character reference (&amp; &#60;) would be decoded: escape its "&"
+_MD_ENTITY = re.compile(r"&(?=#?[A-Za-z0-9]+;)")
+# what makes a line a block (quote, list item, heading underline) when it starts the line
+_MD_LINE_START = re.compile(r"^(\s*)([>+=-]|\d+(?=[.)]))", re.MULTILINE)
+
+
+def escape_markdown(text: str, *, block: bool = True) -> str:
+    """``text`` as literal Markdown: it renders as the same characters and never as markup.
+
+    HTML is neutralised (``<`` becomes ``&lt;``, a character reference keeps its ``&`` literal),
+    inline syntax is backslash-escaped (``* _ ` [ ] | ~ $ # \\``; an underscore inside a word is
+    left alone) and, for a paragraph (``block``), so is what would start a block at the start of
+    a line (``>``, ``-``, ``+``, ``=``, ``1.``); inside a heading or a table cell those are plain
+    characters (``3.11.2`` stays as it is). Newlines are kept; a cell replaces them first.
+    """
+    text = _MD_ENTITY.sub("&amp;", str(text))
+    text = text.replace("<", "&lt;")
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    text = _MD_UNDERSCORE.sub(r"\\_", text)
+    if not block:
+        return text
+    return _MD_LINE_START.sub(lambda m: m.group(1) + _escape_line_start(m.group(2)), text)
+
+
+def _escape_line_start(token: str) -> str:
+    # "1." -> "1\." (the digits stay); ">" "-" "+" "=" -> backslash-escaped
+    return token + "\\" if token[0].isdigit() else "\\" + token
+
+
 def to_markdown(blocks: list, title: str, figure_dir: str) -> str:
-    """The report as GitHub-flavoured Markdown; images link to ``<figure_dir>/<name>.png``."""
-    out = [f"# {title}", ""]
+    """The report as GitHub-flavoured Markdown; images link to ``<figure_dir>/<name>.png``.
+
+    Every text (title, headings, paragraphs, captions, alt texts, table cells) goes through
+    :func:`escape_markdown`; a heading or a table cell is one line.
+    """
+    esc = escape_markdown
+    out = [f"# {_one_line(title)}", ""]
     for block in blocks:
         if isinstance(block, Heading):
-            out += ["#" * block.level + " " + block.text, ""]
+            out += ["#" * block.level + " " + _one_line(block.text), ""]
         elif isinstance(block, Text):
-            out += [f"*{block.text}*" if block.note else block.text, ""]
+            out += [f"*{esc(block.text)}*" if block.note else esc(block.text), ""]
         elif isinstance(block, Table):
             if block.caption:
-                out += [f"**{block.caption}**", ""]
+                out += [f"**{_one_line(block.caption)}**", ""]
             out += [_markdown_table(block.frame), ""]
         elif isinstance(block, Image):
-            out += [f"![{block.alt}]({figure_dir}/{block.png.name})", "", block.caption, ""]
+            out += [f"![{_one_line(block.alt)}]({figure_dir}/{block.png.name})", "",
+                    esc(block.caption), ""]  # fmt: skip
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _one_line(text) -> str:
+    """Escaped Markdown with newlines turned into spaces (headings, cells, alt texts)."""
+    return escape_markdown(" ".join(str(text).splitlines()), block=False)
 
 
 def to_html(blocks: list, title: str) -> str:
@@ -141,12 +191,9 @@ def to_html(blocks: list, title: str) -> str:
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
-    def cell(value) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    header = "| " + " | ".join(_one_line(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    rows = ["| " + " | ".join(_one_line(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
 
 

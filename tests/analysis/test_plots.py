@@ -1,10 +1,19 @@
-"""analysis.plots: every figure renders for the fake study, is not blank, and refuses bad frames."""
+"""analysis.plots: every figure renders for the fake study, is not blank, and refuses bad frames;
+level order, colour-vision safety and legibility at the report's width."""
 
 from __future__ import annotations
 
+import itertools
+
+import colorspacious
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.text import Text
+from PIL import Image
 
 from analysis import (
     alpha_trajectories,
@@ -19,6 +28,7 @@ from analysis import (
     save_figure,
     spectral_norm_curves,
 )
+from analysis._plotstyle import DPI, REPORT_WIDTH_PX, grid_levels, min_font_pt, palette
 
 BOOT = 200  # CI resamples: enough to draw a band, cheap enough for the suite
 
@@ -91,7 +101,7 @@ def test_axis_labels_carry_units(data):
     fig = point_plot(data["frame"], "test_xent", "hidden", "method", n_boot=BOOT)
     assert "(nats)" in fig.axes[0].get_ylabel()
     fig = pareto_plot(data["frame"], "test_xent", "step_ms")
-    assert fig.axes[0].get_xlabel() == "step_ms (ms)"
+    assert fig.axes[0].get_xlabel() == "step_ms (ms), median over seeds, bar: fastest to slowest seed"
 
 
 def test_same_level_same_colour_across_figures(data):
@@ -124,3 +134,152 @@ def test_pareto_front_marks_the_non_dominated_configurations(data):
     labels = sorted(t.get_text() for t in ax.texts)
     assert labels == ["fp, hidden=32", "lab, hidden=32"]
     assert ax.get_xscale() == "log"  # 1 to 32 bits: a log2 axis
+
+
+# --- level order -----------------------------------------------------------------------------------
+
+
+def test_grid_levels_match_typed_values_in_the_spec_order():
+    frame = pd.DataFrame({"hidden": [16, 64, 32, 16], "lr": [1e-3, 1e-2, 1e-3, 5e-4],
+                          "method": ["lab", "fp", "bc", "zz"]})  # fmt: skip
+    grid = {"hidden": [64, "16", 32, 128], "lr": [0.01, 0.001], "method": ["fp", "lab", "bc"],
+            "absent": [1, 2]}  # fmt: skip
+    got = grid_levels(grid, frame)
+    assert got == {"hidden": [64, 16, 32], "lr": [0.01, 0.001, 0.0005],
+                   "method": ["fp", "lab", "bc", "zz"]}  # fmt: skip
+    # the frame's own values (typed), not the spec's: "16" became the int 16
+    assert all(isinstance(v, int | np.integer) for v in got["hidden"])
+
+
+def test_every_figure_draws_levels_in_the_grid_order(data):
+    order = {"method": ["lab", "fp", "bc"], "hidden": [32, 16]}  # neither sorted nor baseline-first
+    frame, curves, degr = data["frame"].copy(), data["curves"].copy(), data["degradation"].copy()
+    for f in (frame, curves, degr):
+        f.attrs = {**f.attrs, "levels": order}
+    point = point_plot(frame, "test_xent", "hidden", "method", n_boot=BOOT)
+    ax = point.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["32", "16"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lab", "fp", "bc"]
+    heat = degradation_heatmap(degr, "hidden", "method")
+    assert [t.get_text() for t in heat.axes[0].get_yticklabels()] == ["lab", "bc"]  # no fp row
+    assert [t.get_text() for t in heat.axes[0].get_xticklabels()] == ["32", "16"]
+    for fig in (learning_curves(curves, "val_xent", n_boot=BOOT), grad_norm_curves(curves, n_boot=BOOT),
+                pareto_plot(frame, "test_xent", "step_ms")):  # fmt: skip
+        assert [t.get_text() for t in fig.legends[0].get_texts()][:3] == ["lab", "fp", "bc"]
+
+
+# --- points, markers, dashes -------------------------------------------------------------------------
+
+
+def test_point_plot_joins_no_categorical_levels(data):
+    fig = point_plot(data["frame"], "test_xent", "hidden", "method", n_boot=BOOT)
+    ax = fig.axes[0]
+    drawn = [ln for ln in ax.lines if len(ln.get_xdata())]  # (legend entries hold no data)
+    pointed = [ln for ln in drawn if ln.get_marker() not in ("None", "", None)]
+    assert len(pointed) == 3  # one per method
+    assert all(ln.get_linestyle() == "None" for ln in pointed)
+    # what is drawn as a line (error bars, caps) stays within one category: the categories sit
+    # 1 apart on the axis, a line joining two would span >= 1
+    for ln in drawn:
+        if ln.get_linestyle() == "None":
+            continue
+        x = np.asarray(ln.get_xdata(), dtype=float)
+        for segment in np.split(x, np.flatnonzero(np.isnan(x))):  # NaN breaks a line (caps)
+            segment = segment[~np.isnan(segment)]
+            if len(segment):
+                assert np.ptp(segment) < 0.5, f"a line spans {np.ptp(segment)} categories"
+    assert len({ln.get_marker() for ln in pointed}) == 3
+
+
+def test_methods_differ_in_marker_and_dash_as_well_as_colour(data):
+    fig = learning_curves(data["curves"], "val_xent", n_boot=BOOT)
+    handles = fig.legends[0].legend_handles
+    assert len({h.get_marker() for h in handles}) == len(handles) == 3
+    assert len({str(h.get_linestyle()) + str(h._dash_pattern) for h in handles}) == 3
+    drawn = {mpl_colour(ln.get_color()): ln for ln in fig.axes[0].lines if len(ln.get_xdata())}
+    for h in handles:  # each drawn line carries its legend entry's marker
+        assert drawn[mpl_colour(h.get_color())].get_marker() == h.get_marker()
+
+
+def mpl_colour(c) -> tuple:
+    from matplotlib.colors import to_rgb
+
+    return tuple(round(v, 4) for v in to_rgb(c))
+
+
+# --- colour-vision deficiency ------------------------------------------------------------------------
+
+MIN_DELTA_E = 12.0  # CAM02-UCS distance between any two of the first six level colours
+
+
+def _simulated(rgb: np.ndarray, cvd: str | None) -> np.ndarray:
+    """Colours as seen with a full (severity 100) deficiency, by Machado et al. 2009 (colorspacious)."""
+    if cvd is None:
+        return rgb
+    space = {"name": "sRGB1+CVD", "cvd_type": cvd, "severity": 100}
+    return np.clip(colorspacious.cspace_convert(rgb, space, "sRGB1"), 0, 1)
+
+
+def _closest_pair(rgb: np.ndarray, cvd: str | None) -> float:
+    seen = _simulated(rgb, cvd)
+    return min(
+        float(colorspacious.deltaE(seen[i], seen[j], input_space="sRGB1"))
+        for i, j in itertools.combinations(range(len(seen)), 2)
+    )
+
+
+@pytest.mark.parametrize("cvd", [None, "deuteranomaly", "protanomaly", "tritanomaly"])
+def test_level_colours_stay_apart_under_colour_vision_deficiency(cvd):
+    # the demo's methods in grid order: bc and lab are the pair the review could not tell apart
+    methods = ["fp", "bc", "bwn", "lab", "twn", "bc-scaled"]
+    rgb = np.array(list(palette(methods).values()))
+    assert _closest_pair(rgb, cvd) >= MIN_DELTA_E
+    bc_lab = _simulated(rgb[[1, 3]], cvd)
+    assert colorspacious.deltaE(bc_lab[0], bc_lab[1], input_space="sRGB1") >= MIN_DELTA_E
+
+
+def test_the_colour_check_rejects_seaborns_colorblind_orange_and_vermillion():
+    # the figures' old bc (#de8f05) and lab (#d55e00): close under deuteranopia, so the test bites
+    old = np.array([[0xDE, 0x8F, 0x05], [0xD5, 0x5E, 0x00]]) / 255
+    assert _closest_pair(old, None) > MIN_DELTA_E  # distinct with normal vision...
+    assert _closest_pair(old, "deuteranomaly") < MIN_DELTA_E  # ...not with deuteranopia
+
+
+# --- legibility at the report's width --------------------------------------------------------------
+
+
+def _smallest_text_in(fig) -> float:
+    """The smallest drawn text, in inches, measured on the rendered figure: the height of each
+    text's box (its width when turned 90 degrees), which for matplotlib's fonts is the font size."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    across = []
+    for t in fig.findobj(Text):
+        if not (t.get_visible() and t.get_text().strip()):
+            continue
+        if t.axes is not None and not t.axes.get_visible():
+            continue
+        box = t.get_window_extent(renderer)
+        across.append(box.width if abs(t.get_rotation() % 180 - 90) < 1 else box.height)
+    return min(across) / fig.dpi
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_figure_text_is_at_least_9_px_at_the_reports_width(name, data, tmp_path):
+    source, draw, _ = FIGURES[name]
+    fig = draw(data[source])
+    png, _ = save_figure(fig, tmp_path / name)
+    natural_px = Image.open(png).size[0]
+    shown_px = min(natural_px, REPORT_WIDTH_PX)  # the page scales a wider image down to fit
+    smallest_px = _smallest_text_in(fig) * DPI * shown_px / natural_px
+    assert smallest_px >= 9.0, f"{name}: {natural_px} px wide, smallest text {smallest_px:.1f} px"
+
+
+def test_save_figure_records_the_smallest_font(data, tmp_path):
+    fig = spectral_norm_curves(data["curves"], n_boot=BOOT)
+    png, _ = save_figure(fig, tmp_path / "spectral")
+    with Image.open(png) as img:
+        assert float(img.text["labbench.min_font_pt"]) == pytest.approx(_smallest_text_in(fig) * 72, rel=1e-3)
+        assert img.info["dpi"] == pytest.approx((DPI, DPI), abs=0.1)
+    assert min_font_pt(fig) >= 9.0
