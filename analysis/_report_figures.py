@@ -21,7 +21,7 @@ from analysis._plotstyle import unit
 from analysis._render import fmt_number as num
 from analysis._render import fmt_p as _p
 from analysis.runs import metric_names
-from analysis.stats import mean_ci, paired_bootstrap, pareto_mask
+from analysis.stats import mean_ci, paired_bootstrap
 
 __all__ = ["FIGURES", "Skip", "StudyData", "pick_curve_metrics"]
 
@@ -221,16 +221,21 @@ def _fig_pareto(d: StudyData) -> list[FigureItem]:
         by = list(dict.fromkeys([*d.axes, d.hue]))
         fig = plots.pareto_plot(d.frame, d.column, column, d.hue, direction=d.direction, by=by,
                                 hue_order=d.hue_order)  # fmt: skip
-        configs = d.frame.groupby(by, dropna=False)[[column, d.column]].mean().reset_index()
-        front = configs[pareto_mask(configs[column], configs[d.column], d.direction)]
+        configs = plots.pareto_configs(d.frame, d.column, column, by, d.direction)
+        front = configs[configs["on_front"]]
         listed = "; ".join(
             ", ".join(f"{k}={row[k]}" for k in by)
             + f" at {num(row[column])} {unit(cost) or cost} and {num(row[d.column])}"
             + (f" {unit(d.objective)}" if unit(d.objective) else "")
             for row in front.sort_values(column).to_dict("records")
         )
+        stat = "means over seeds"
+        if plots.is_timing(cost):
+            stat = (f"mean {d.objective} and median {cost} over seeds (bars: fastest to slowest "
+                    "seed; timings on a shared machine are noisy, so read the front as a rough "
+                    "guide)")  # fmt: skip
         caption = (
-            f"Large markers are configuration means over seeds and the ringed ones form the "
+            f"Large markers are configuration {stat} and the ringed ones form the "
             f"Pareto front of {d.objective} against {cost}: {len(front)} of {len(configs)} "
             f"configurations ({listed})."
         )

@@ -38,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples (10000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    parser.add_argument("--conditional", choices=("fold", "factor"), default="fold",
+                        help="axes only one method varies ([grid.when.METHOD]): fold them into "
+                        "the method factor (laq:4; default) or keep them as factors of their own")
     args = parser.parse_args(argv)
     if args.n_boot < 100:
         return _error(f"--n-boot: expected >= 100, got {args.n_boot}")
@@ -53,10 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(args.study) == 1:
             out = Path(args.out) if args.out else Path(args.root) / "reports" / _safe(args.study[0])
             files = build_report(args.study[0], uri, out, n_boot=args.n_boot, seed=args.seed,
-                                 log_to_mlflow=not args.no_log)
+                                 log_to_mlflow=not args.no_log, conditional=args.conditional)
         else:
             frames = ([load_archive(d) for d in args.archives] if args.archives
-                      else [_load(name, uri) for name in args.study])
+                      else [_load(name, uri, args.conditional) for name in args.study])
             frame = frames[0] if len(frames) == 1 else combine_studies(frames)
             if args.out:
                 out = Path(args.out)
@@ -103,10 +106,10 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _load(study: str, uri: str):
+def _load(study: str, uri: str, conditional: str = "fold"):
     from analysis.runs import load_runs
 
-    return load_runs(study, uri)
+    return load_runs(study, uri, conditional=conditional)
 
 
 def _safe(name: str) -> str:

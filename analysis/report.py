@@ -23,7 +23,7 @@ import pandas as pd
 from analysis import _report_evidence as evidence
 from analysis import _report_figures as figs
 from analysis._mlflow import open_client
-from analysis._plotstyle import unit
+from analysis._plotstyle import axis_levels, spec_levels, unit
 from analysis._render import Heading, Image, Table, Text, to_html, to_markdown
 from analysis._render import fmt_number as num
 from analysis._render import fmt_p as _p
@@ -56,6 +56,7 @@ def build_report(
     n_boot: int = 10_000,
     seed: int = 0,
     log_to_mlflow: bool = True,
+    conditional: str = "fold",
 ) -> ReportFiles:
     """Write ``report.md``, ``report.html`` and ``figures/`` for a study, and log them to MLflow.
 
@@ -66,6 +67,8 @@ def build_report(
         n_boot: bootstrap resamples for every CI.
         seed: seed of every bootstrap, so the report is reproducible.
         log_to_mlflow: log the files as artifacts of the study's parent run under ``report/``.
+        conditional: ``"fold"`` (a method's own axes make levels such as ``laq:4`` of the
+            method factor) or ``"factor"`` (they stay factors); see :func:`analysis.load_runs`.
 
     Returns:
         The :class:`ReportFiles` written.
@@ -73,7 +76,7 @@ def build_report(
     Raises:
         LookupError: no database, experiment or parent run for ``study`` at ``tracking_uri``.
     """
-    frame = load_runs(study, tracking_uri)
+    frame = load_runs(study, tracking_uri, conditional=conditional)
     files = render_report(frame, out_dir, n_boot=n_boot, seed=seed)
     if log_to_mlflow:
         client = open_client(tracking_uri)
@@ -104,6 +107,8 @@ def render_report(frame: pd.DataFrame, out_dir: str | Path, *, n_boot: int = 10_
     out = Path(out_dir)
     (out / FIGURE_DIR).mkdir(parents=True, exist_ok=True)
     reader = StudyReader(frame)
+    frame = frame.copy()  # the grid's level order, for every figure (and table) drawn from it
+    frame.attrs["levels"] = spec_levels([spec for _, spec, _ in reader.specs()], frame)
     data = _study_data(frame, n_boot, seed)
     blocks: list = _summary(frame, data)
     blocks += _spec_section(reader)
@@ -133,11 +138,7 @@ def _study_data(frame: pd.DataFrame, n_boot: int, seed: int) -> figs.StudyData:
     baseline = dict(attrs.get("baseline") or {})
     hue = "method" if "method" in axes else next((k for k in baseline if k in axes), None)
     hue = hue or (axes[0] if axes else None)
-    hue_order = []
-    if hue is not None:
-        seen = sorted(frame[hue].dropna().unique().tolist(), key=str)
-        first = [v for v in seen if baseline.get(hue) is not None and str(v) == str(baseline[hue])]
-        hue_order = first + [v for v in seen if v not in first]
+    hue_order = axis_levels(frame, hue) if hue is not None else []  # the grid's order
     degr = None
     if column and baseline and axes and attrs.get("direction") and len(frame):
         try:
