@@ -178,6 +178,8 @@ EXTERNAL: dict[str, tuple[str, str, str]] = {
     "report": ("analysis.cli", "main", "statistics, figures and an HTML report of a study "
                "(or several, or an archive: --from DIR)"),
     "export": ("analysis.cli", "export_main", "a small archive of a study (CSV + JSON + manifest)"),
+    "findings": ("analysis.findings", "main", "render docs/findings.md, every number computed "
+                 "from the published archives"),
     "studies": ("ablations.cli", "studies_main", "the shipped study files: size and estimated cost"),
     "grid": ("ablations.cli", "grid_main", "create or resume a study and run it with local workers"),
     "worker": ("ablations.cli", "worker_main", "join a running study (from any machine)"),

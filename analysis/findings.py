@@ -1,0 +1,192 @@
+"""`labbench findings`: docs/findings.md with every number computed from the published archives.
+
+The findings page is written as a template, ``docs/findings.in.md``, whose numbers are
+expressions in double braces; this module evaluates them on the archives under
+``docs/reports/<study>/archive`` (written by ``labbench export``) and writes ``docs/findings.md``.
+So no number in the prose is typed by hand, each carries its n and interval, and re-running the
+command after a study is extended updates them all.
+
+Expressions (``FILTER`` is ``key=value`` pairs, comma-separated, matched against the archive's
+``runs.csv`` columns as text, e.g. ``method=bc-scaled:2,hidden=64``):
+
+``{{ mean STUDY METRIC FILTER }}``
+    mean over the matching runs with its 95% Student-t interval and n:
+    ``3.28 (95% CI 3.22 to 3.34, n = 5)``.
+``{{ logmean STUDY METRIC FILTER }}``
+    the same on log10 of the values, written as powers of ten (for gradient norms that span
+    orders of magnitude): ``10^8.9 (95% CI 10^8.7 to 10^9.1, n = 5)``.
+``{{ diff STUDY METRIC FILTER_A vs FILTER_B }}``
+    runs of A minus runs of B paired by seed (every other column of the filters must select one
+    run per seed), mean with its 95% paired t-interval: ``+0.91 (95% CI 0.81 to 1.01, paired by
+    seed, n = 5)``.
+``{{ value STUDY METRIC FILTER }}``
+    a number that is the same in every matching run (a floor, a count): ``4.03``.
+``{{ n STUDY FILTER }}``
+    how many runs match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis._intervals import t_interval
+from analysis.archive import load_archive
+
+__all__ = ["FindingsError", "evaluate", "main", "render_findings"]
+
+EXPR = re.compile(r"\{\{(.*?)\}\}", re.S)
+
+
+class FindingsError(ValueError):
+    """An expression that cannot be evaluated (unknown study, metric or filter; no runs)."""
+
+
+def _num(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    digits = max(0, 2 - math.floor(math.log10(abs(x))))
+    return f"{x:.{digits}f}" if abs(x) < 1e5 else f"{x:.3g}"
+
+
+def _filter(frame: pd.DataFrame, text: str, expr: str) -> pd.DataFrame:
+    out = frame
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise FindingsError(f"{{{{{expr}}}}}: filter {part!r} is not key=value")
+        if key not in frame.columns:
+            raise FindingsError(f"{{{{{expr}}}}}: no column {key!r} in the archive")
+        column = out[key]
+        as_text = column.astype(str)
+        mask = as_text == value
+        numeric = pd.to_numeric(column, errors="coerce")
+        with contextlib.suppress(ValueError):  # 1.0 matches 1, 2 matches 2.0
+            mask |= np.isclose(numeric, float(value), rtol=0, atol=1e-12)
+        out = out[mask]
+    return out
+
+
+def _values(frame: pd.DataFrame, metric: str, expr: str) -> pd.Series:
+    if metric not in frame.columns:
+        raise FindingsError(f"{{{{{expr}}}}}: no metric {metric!r} in the archive")
+    values = pd.to_numeric(frame[metric], errors="coerce")
+    if values.empty:
+        raise FindingsError(f"{{{{{expr}}}}}: no run matches")
+    if values.isna().any():
+        raise FindingsError(f"{{{{{expr}}}}}: {int(values.isna().sum())} run(s) have no {metric}")
+    return values
+
+
+def _interval(values: np.ndarray, *, log: bool = False, signed: bool = False) -> str:
+    n = len(values)
+    mean = float(np.mean(values))
+    lo, hi, _ = (float(v) for v in t_interval(values))
+    fmt = (lambda v: f"10^{v:.1f}") if log else _num
+    head = (f"{mean:+.2f}" if signed and not log else fmt(mean))
+    if n < 2:
+        return f"{head} (n = 1, no interval)"
+    return f"{head} (95% CI {fmt(lo)} to {fmt(hi)}, n = {n})"
+
+
+def evaluate(expr: str, archives: dict[str, pd.DataFrame]) -> str:
+    """The text that replaces ``{{expr}}``; raises `FindingsError` with the expression."""
+    words = expr.split(None, 2)
+    if len(words) < 2:
+        raise FindingsError(f"{{{{{expr}}}}}: expected 'KIND STUDY ...'")
+    kind, study = words[0], words[1]
+    rest = words[2] if len(words) > 2 else ""
+    if study not in archives:
+        raise FindingsError(f"{{{{{expr}}}}}: no archive for study {study!r} "
+                            f"(have: {', '.join(sorted(archives)) or 'none'})")
+    frame = archives[study]
+    if kind == "n":
+        return str(len(_filter(frame, rest, expr)))
+    metric, _, filt = rest.partition(" ")
+    if kind == "mean":
+        return _interval(_values(_filter(frame, filt, expr), metric, expr).to_numpy())
+    if kind == "logmean":
+        values = _values(_filter(frame, filt, expr), metric, expr).to_numpy()
+        if (values <= 0).any():
+            raise FindingsError(f"{{{{{expr}}}}}: logmean needs positive values")
+        return _interval(np.log10(values), log=True)
+    if kind == "value":
+        values = _values(_filter(frame, filt, expr), metric, expr)
+        if not np.allclose(values, values.iloc[0], rtol=1e-9, atol=0):
+            raise FindingsError(f"{{{{{expr}}}}}: {metric} differs between the matching runs")
+        return _num(float(values.iloc[0]))
+    if kind == "diff":
+        a_text, sep, b_text = filt.partition(" vs ")
+        if not sep:
+            raise FindingsError(f"{{{{{expr}}}}}: expected 'diff STUDY METRIC A vs B'")
+        a = _filter(frame, a_text, expr)
+        b = _filter(frame, b_text, expr)
+        for side, runs in (("A", a), ("B", b)):
+            if runs["seed"].duplicated().any():
+                raise FindingsError(f"{{{{{expr}}}}}: side {side} has several runs per seed; "
+                                    "filter on more columns")
+        pa = _values(a, metric, expr).set_axis(a["seed"].to_numpy())
+        pb = _values(b, metric, expr).set_axis(b["seed"].to_numpy())
+        seeds = sorted(set(pa.index) & set(pb.index))
+        if not seeds:
+            raise FindingsError(f"{{{{{expr}}}}}: A and B share no seed")
+        text = _interval((pa[seeds] - pb[seeds]).to_numpy(), signed=True)
+        return text.replace(", n = ", ", paired by seed, n = ")
+    raise FindingsError(f"{{{{{expr}}}}}: unknown kind {kind!r} (mean, logmean, diff, value, n)")
+
+
+def render_findings(template: str, reports: Path) -> str:
+    """Evaluate every ``{{...}}`` of `template` on the archives under `reports`; all errors are
+    collected and raised together."""
+    archives: dict[str, pd.DataFrame] = {}
+    for folder in sorted(reports.glob("*/archive")):
+        if (folder / "manifest.json").is_file():
+            archives[folder.parent.name] = load_archive(folder)
+    errors: list[str] = []
+
+    def sub(match: re.Match) -> str:
+        try:
+            return evaluate(" ".join(match.group(1).split()), archives)
+        except FindingsError as err:
+            errors.append(str(err))
+            return match.group(0)
+
+    text = EXPR.sub(sub, template)
+    if errors:
+        raise FindingsError("\n".join(errors))
+    return text
+
+
+HEADER = ("<!-- Generated by `labbench findings` from docs/findings.in.md and the archives under "
+          "docs/reports/: edit the template, not this file. -->\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="labbench findings", description=(
+        "Render docs/findings.md from its template, computing every number from the archives "
+        "under docs/reports/<study>/archive."))
+    parser.add_argument("--template", default="docs/findings.in.md")
+    parser.add_argument("--reports", default="docs/reports")
+    parser.add_argument("--out", default="docs/findings.md")
+    args = parser.parse_args(argv)
+    template = Path(args.template)
+    if not template.is_file():
+        print(f"error: {template}: no such template")
+        return 2
+    try:
+        text = render_findings(template.read_text(encoding="utf-8"), Path(args.reports))
+    except FindingsError as err:
+        print(f"error: {err}")
+        return 2
+    Path(args.out).write_text(HEADER + text, encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,74 @@
+"""The findings page's numbers against scipy, on a planted archive frame."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis.findings import FindingsError, evaluate, render_findings
+
+
+@pytest.fixture
+def archives():
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(5):
+        for method, shift in (("fp", 0.0), ("bc", 1.5), ("bc-scaled:2", 0.7)):
+            rows.append({"method": method, "hidden": 64, "seed": seed, "clip": "gate:5",
+                         "test_bpc": 3.0 + shift + rng.normal(0, 0.1),
+                         "grad": 10.0 ** (2 + 6 * (method == "bc") + rng.normal(0, 0.2)),
+                         "floor_bigram_bpc": 4.03})
+    return {"s": pd.DataFrame(rows)}
+
+
+def _ci(x):
+    x = np.asarray(x, float)
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return x.mean(), x.mean() - half, x.mean() + half
+
+
+def test_mean_is_the_student_t_interval(archives):
+    frame = archives["s"]
+    m, lo, hi = _ci(frame[frame.method == "bc"].test_bpc)
+    text = evaluate("mean s test_bpc method=bc,hidden=64", archives)
+    assert text == f"{m:.2f} (95% CI {lo:.2f} to {hi:.2f}, n = 5)"
+
+
+def test_diff_is_paired_by_seed(archives):
+    frame = archives["s"].sort_values("seed")
+    d = frame[frame.method == "bc"].test_bpc.to_numpy() - frame[frame.method == "fp"].test_bpc.to_numpy()
+    m, lo, hi = _ci(d)
+    got = evaluate("diff s test_bpc method=bc vs method=fp", archives)
+    assert got == f"{m:+.2f} (95% CI {lo:.2f} to {hi:.2f}, paired by seed, n = 5)"
+    assert stats.ttest_rel(frame[frame.method == "bc"].test_bpc,
+                           frame[frame.method == "fp"].test_bpc).pvalue < 0.05
+
+
+def test_logmean_value_and_count(archives):
+    frame = archives["s"]
+    m, lo, hi = _ci(np.log10(frame[frame.method == "bc"].grad))
+    assert evaluate("logmean s grad method=bc", archives) == \
+        f"10^{m:.1f} (95% CI 10^{lo:.1f} to 10^{hi:.1f}, n = 5)"
+    assert evaluate("value s floor_bigram_bpc method=fp", archives) == "4.03"
+    assert evaluate("n s method=bc-scaled:2", archives) == "5"
+    assert evaluate("n s hidden=64.0", archives) == "15"  # numbers match numerically
+
+
+@pytest.mark.parametrize(("expr", "message"), [
+    ("mean t test_bpc", "no archive for study 't'"),
+    ("mean s nope method=fp", "no metric 'nope'"),
+    ("mean s test_bpc colour=red", "no column 'colour'"),
+    ("mean s test_bpc method=lab", "no run matches"),
+    ("value s test_bpc method=fp", "differs between"),
+    ("diff s test_bpc hidden=64 vs method=fp", "several runs per seed"),
+    ("median s test_bpc", "unknown kind"),
+])
+def test_bad_expressions_are_named(archives, expr, message):
+    with pytest.raises(FindingsError, match=message):
+        evaluate(expr, archives)
+
+
+def test_render_collects_every_error(tmp_path):
+    with pytest.raises(FindingsError) as err:
+        render_findings("a {{ mean x m }} b {{ n y }}", tmp_path)
+    assert "'x'" in str(err.value) and "'y'" in str(err.value)
