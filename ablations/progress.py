@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ablations.state import Summary
-from ablations.storage import masked
+from ablations.storage import masked, where_flags
 from ablations.study import StudyHandle
 
 __all__ = ["ProgressView", "format_duration", "print_status", "slot_label"]
@@ -124,8 +124,11 @@ def print_status(handle: StudyHandle, summary: Summary, stale: list[tuple[Any, s
     console.print(f"storage  {masked(handle.location.storage_url)}\n"
                   f"tracking {masked(handle.tracking_uri)}  (parent run {handle.parent_run_id})",
                   highlight=False, soft_wrap=True)
+    where = where_flags(handle.location)
     if stale:
-        console.print(f"[yellow]{len(stale)} trial(s) look stale: `labbench repair {spec.name}` "
-                      "fails them and queues their cells again[/]")
+        console.print(f"[yellow]{len(stale)} trial(s) look stale: `labbench repair {spec.name}"
+                      f"{where}` fails them and queues their cells again[/]", highlight=False,
+                      soft_wrap=True)
     if summary.failed:
-        console.print(f"[yellow]`labbench retry-failed {spec.name}` re-runs the failed cells[/]")
+        console.print(f"[yellow]`labbench retry-failed {spec.name}{where}` re-runs the failed "
+                      "cells[/]", highlight=False, soft_wrap=True)
