@@ -1,7 +1,8 @@
 """Figures of per-epoch curves: learning curves, gradient norms, alpha, spectral norms.
 
 Re-exported by :mod:`analysis.plots`; the conventions there hold (columns checked first, Figures
-made without pyplot, grid order, a colour, marker and dash per level, 95% bootstrap CI bands,
+made without pyplot, grid order, a colour, marker and dash per level, 95% t-interval bands over
+seeds (:func:`t_errorbar`),
 legends outside, text >= 9 px at the report's width). Figures with one panel per layer wrap
 their panels into rows of at most three and put the legend below them.
 """
@@ -17,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from analysis._intervals import t_interval
 from analysis._plotstyle import (
     axis_levels,
     dashes,
@@ -29,9 +31,25 @@ from analysis._plotstyle import (
     styled,
 )
 
-__all__ = ["alpha_trajectories", "grad_norm_curves", "learning_curves", "spectral_norm_curves"]
+__all__ = ["alpha_trajectories", "grad_norm_curves", "learning_curves", "spectral_norm_curves", "t_errorbar"]
 
-_CI = ("ci", 95)
+
+def t_errorbar(values) -> tuple[float, float]:
+    """seaborn ``errorbar=`` callable: the 95% Student t-interval of the mean of ``values``.
+
+    The figures use the tables' small-n rule (docs/analysis.md): a bootstrap interval over 2 or 3
+    seeds is far too narrow, the t-interval is exact for normal values at any n >= 2. NaN values
+    are dropped; fewer than 2 values draw no interval.
+    """
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        return np.nan, np.nan
+    low, high, _ = t_interval(x, 0.95)
+    return float(low), float(high)
+
+
+_CI = t_errorbar
 _CURVE_COLUMNS = ("run_id", "metric", "step", "value")
 _PANEL = {"panel_w": 3.5, "panel_h": 2.9, "ncols": 3, "legend_w": 0.0, "legend_h": 0.9}
 
@@ -62,7 +80,7 @@ def learning_curves(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> Figure:
-    """``metric`` against epoch, one line per ``hue`` level: mean over runs with a 95% CI band.
+    """``metric`` against epoch, one line per ``hue`` level: mean over runs with a 95% t-interval band.
 
     Args:
         curves: a :func:`analysis.load_curves` frame holding ``metric``.
@@ -70,7 +88,7 @@ def learning_curves(
         hue: the column drawn as colours.
         hue_order: its levels (default: the grid's order, else sorted, of the whole ``curves``
             frame, so colours, markers and dashes agree between figures drawn from one frame).
-        n_boot, seed: the CI band's bootstrap resamples and seed.
+        n_boot, seed: unused (kept for callers; the bands are t-intervals, not bootstrap).
 
     Returns:
         The Figure.
@@ -97,7 +115,7 @@ def learning_curves(
         **_hue_style(every, hues, hue),
     )
     _epoch_axis(ax)
-    ax.set_ylabel(label(metric) + ", mean and 95% CI")
+    ax.set_ylabel(label(metric) + ", mean and 95% t-interval")
     ax.set_title(f"Learning curves: {metric}")
     _legend(fig, every, hues, hue, below=False)
     return fig
@@ -119,7 +137,7 @@ def grad_norm_curves(
         curves: a :func:`analysis.load_curves` frame holding ``grad_norm/`` metrics.
         hue, hue_order: the column drawn as colours and its levels (as in learning_curves).
         max_panels: draw at most this many layers (the first ones by name).
-        n_boot, seed: the CI bands' bootstrap resamples and seed.
+        n_boot, seed: unused (kept for callers; the bands are t-intervals, not bootstrap).
 
     Returns:
         The Figure.
@@ -157,7 +175,7 @@ def alpha_trajectories(
         curves: a :func:`analysis.load_curves` frame holding ``alpha/`` metrics.
         hue, hue_order: the column drawn as colours and its levels (as in learning_curves).
         max_panels: draw at most this many layers (the first ones by name).
-        n_boot, seed: the CI bands' bootstrap resamples and seed.
+        n_boot, seed: unused (kept for callers; the bands are t-intervals, not bootstrap).
 
     Returns:
         The Figure.
@@ -191,7 +209,7 @@ def spectral_norm_curves(
 ) -> Figure:
     """Spectral norm of each quantized recurrent gate block per epoch, with its lower bound.
 
-    Lines with markers (95% CI band) are ``spectral/<layer>.<gate>``; thick faint lines of the same
+    Lines with markers (95% t-interval band) are ``spectral/<layer>.<gate>``; thick faint lines of the same
     colour are the mean ``spectral_bound/<layer>.<gate>`` = alpha * sqrt(H), Proposition 3.2's
     lower bound for alpha times an H x H matrix of +-1. Panels wrap three to a row.
 
@@ -200,7 +218,7 @@ def spectral_norm_curves(
             ``spectral_bound/`` metrics.
         hue, hue_order: the column drawn as colours and its levels (as in learning_curves).
         max_panels: draw at most this many matrices (the first ones by name).
-        n_boot, seed: the CI bands' bootstrap resamples and seed.
+        n_boot, seed: unused (kept for callers; the bands are t-intervals, not bootstrap).
 
     Returns:
         The Figure.
@@ -247,7 +265,7 @@ def spectral_norm_curves(
         ax.set_ylabel("largest singular value")
     fig.suptitle("Spectral norm of quantized recurrent matrices and the bound alpha*sqrt(H)")
     extra = [
-        Line2D([], [], color="0.3", marker="o", label="spectral norm (mean, 95% CI)"),
+        Line2D([], [], color="0.3", marker="o", label="spectral norm (mean, 95% t-interval)"),
         Line2D([], [], color="0.3", lw=3.5, alpha=0.3, label="bound alpha*sqrt(H) (Prop. 3.2)"),
     ]
     _legend(fig, every, hues, hue, extra, below=True)
@@ -267,7 +285,7 @@ def _layer_panels(
     n_boot: int,
     seed: int,
 ) -> Figure:
-    """One panel per ``<prefix><layer>`` metric, lines per ``hue`` with 95% CI bands."""
+    """One panel per ``<prefix><layer>`` metric, lines per ``hue`` with 95% t-interval bands."""
     require(curves, [*_CURVE_COLUMNS, hue], where)
     names = sorted(m for m in curves["metric"].unique() if m.startswith(prefix))
     if not names:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis._intervals import t_interval
+from analysis.stats import in_grid_order
 
 __all__ = [
     "UNDERTRAINED",
@@ -230,10 +231,10 @@ def _objective_stem(frame: pd.DataFrame) -> str:
 
 
 def _cells(data: pd.DataFrame, axes: list[str]):
-    """(axis -> value, rows) per cell, in sorted order; the whole frame when there are no axes."""
+    """(axis -> value, rows) per cell, in the grid's level order; the whole frame without axes."""
     if not axes:
         yield {}, data
         return
-    for key, part in data.groupby(axes, sort=True, dropna=False):
+    for key, part in in_grid_order(data, axes).groupby(axes, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         yield dict(zip(axes, key, strict=True)), part

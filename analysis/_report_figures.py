@@ -90,7 +90,8 @@ def _fig_points(d: StudyData) -> list[FigureItem]:
         where = ", ".join(f"{k}={v}" for k, v in zip(keys, best["key"], strict=True))
         pooled = _pooled(d.axes, keys)
         caption = (
-            f"Points are the mean {d.objective} over runs with 95% bootstrap CIs{pooled}; the "
+            f"Points are the mean {d.objective} over runs with 95% t-intervals over "
+            f"{_seeds(d.frame, keys)}{pooled}; the "
             f"best is {where}: {_value_ci(best, d.objective)}."
         )
         items.append((f"points-{x}", fig, caption, f"{d.objective} by {x}"))
@@ -132,7 +133,8 @@ def _fig_learning(d: StudyData) -> list[FigureItem]:
     best = _best_group(d, at_last, [d.hue], "value", lower)
     worst = _best_group(d, at_last, [d.hue], "value", not lower)
     caption = (
-        f"Lines are the mean {d.val_metric} per epoch with 95% CI bands over runs"
+        f"Lines are the mean {d.val_metric} per epoch with 95% t-interval bands over "
+        f"{_seeds(data, [d.hue, 'step'])}"
         f"{_pooled(d.axes, [d.hue])}; at epoch {last} the best is {best['key'][0]} with "
         f"{_value_ci(best, d.val_metric)} and the worst {worst['key'][0]} with "
         f"{_value_ci(worst, d.val_metric)}{_floor_text(references, d.val_metric)}."
@@ -150,7 +152,8 @@ def _fig_grad_norm(d: StudyData) -> list[FigureItem]:
     what = ("raw gradient norm (no clipping of any kind)" if raw
             else "gradient norm as the optimizer received it (after any clipping)")  # fmt: skip
     caption = (
-        f"Each panel is one layer's mean {what} per epoch (log scale, 95% CI bands); at "
+        f"Each panel is one layer's mean {what} per epoch (log scale, 95% t-interval bands over "
+        f"{_seeds(_curve_rows(d, prefix), [d.hue, 'metric', 'step'])}); at "
         f"epoch {last}, averaged over layers, {hi['key']} has the largest norm, "
         f"{_value_ci(hi, prefix)}, and {lo['key']} the smallest, {num(lo['mean'])}: "
         f"{num(hi['mean'] / lo['mean'], 2)} times less{_received_text(d, last) if raw else ''}."
@@ -164,7 +167,8 @@ def _fig_alpha(d: StudyData) -> list[FigureItem]:
                                    seed=d.seed)  # fmt: skip
     hi, lo = per_hue.iloc[-1], per_hue.iloc[0]
     caption = (
-        f"Each panel is one layer's scale alpha per epoch (95% CI bands); at epoch {last}, "
+        f"Each panel is one layer's scale alpha per epoch (95% t-interval bands over "
+        f"{_seeds(_curve_rows(d, 'alpha/'), [d.hue, 'metric', 'step'])}); at epoch {last}, "
         f"averaged over layers, alpha ranges from {num(lo['mean'])} ({lo['key']}) to "
         f"{num(hi['mean'])} ({hi['key']}, 95% CI {num(hi['ci_low'])} to {num(hi['ci_high'])})."
     )
@@ -182,7 +186,9 @@ def _fig_spectral(d: StudyData) -> list[FigureItem]:
     caption = (
         "Each panel is the largest singular value of one whole 4H x H recurrent matrix as the "
         "forward pass uses it (w_hat for quantized methods, the weight for full precision), "
-        f"mean per epoch with 95% CI bands; at epoch {last}, averaged over matrices, it ranges "
+        f"mean per epoch with 95% t-interval bands over "
+        f"{_seeds(_curve_rows(d, 'spectral_whole/'), [d.hue, 'metric', 'step'])}; at epoch {last}, "
+        "averaged over matrices, it ranges "
         f"from {num(lo['mean'])} for {lo['key']} to {_value_ci(hi, 'spectral norm')} for "
         f"{hi['key']}. Proposition 3.2's bound alpha*sqrt(H) holds for every +-1 matrix by "
         "construction, so it is not drawn."
@@ -341,6 +347,22 @@ def _received_text(d: StudyData, last: int) -> str:
     return (f"; the gradient the optimizer received (grad_norm/, after clipping) was on average "
             f"{num(ratio.iloc[0])} of the raw one for {ratio.index[0]} and {num(ratio.iloc[-1])} "
             f"for {ratio.index[-1]}")  # fmt: skip
+
+
+def _curve_rows(d: StudyData, prefix: str) -> pd.DataFrame:
+    return d.curves[d.curves["metric"].str.startswith(prefix)]
+
+
+def _seeds(data: pd.DataFrame, keys: list[str]) -> str:
+    """``n = 2 seeds`` or ``n = 2 to 3 seeds``: the rows behind each drawn interval.
+
+    They are "runs" instead when a group pools several runs of one seed (other axes pooled).
+    """
+    grouped = data.groupby([k for k in keys if k], sort=False, dropna=False)
+    counts = grouped.size()
+    lo, hi = (int(counts.min()), int(counts.max())) if len(counts) else (0, 0)
+    what = "seeds" if "seed" in data and (grouped["seed"].nunique() == counts).all() else "runs"
+    return f"n = {lo} {what}" if lo == hi else f"n = {lo} to {hi} {what}"
 
 
 def _p_is(p: float) -> str:

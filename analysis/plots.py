@@ -5,8 +5,9 @@ or :func:`analysis.load_curves`), checks first that the columns it needs are the
 naming the function and the missing columns), and returns a ``matplotlib.figure.Figure`` made
 without pyplot. Levels are drawn in one order, the study grid's (``frame.attrs["levels"]``, else
 sorted); each level has its own colour, marker and dash (colour-blind-safe palette, see
-:mod:`analysis._plotstyle`); intervals are 95% bootstrap CIs over the rows (the seeds) with a
-fixed ``seed``; legends sit outside the data; figures fit the report's width with text >= 9 px.
+:mod:`analysis._plotstyle`); intervals are 95% Student t-intervals over the rows (the seeds), the
+tables' rule at small n (:func:`analysis._curve_plots.t_errorbar`); legends sit outside the
+data; figures fit the report's width with text >= 9 px.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from analysis._curve_plots import (
     grad_norm_curves,
     learning_curves,
     spectral_norm_curves,
+    t_errorbar,
 )
 from analysis._plotstyle import (
     DPI,
@@ -56,7 +58,6 @@ __all__ = [
     "spectral_norm_curves",
 ]
 
-_CI = ("ci", 95)
 MIN_FONT_KEY = "labbench.min_font_pt"  # PNG text chunk: the figure's smallest font size (points)
 
 
@@ -72,7 +73,7 @@ def point_plot(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> Figure:
-    """Mean ``response`` per level of ``x`` (one marker per ``hue`` level) with 95% bootstrap CIs.
+    """Mean ``response`` per level of ``x`` (one marker per ``hue`` level) with 95% t-intervals over runs.
 
     The levels of ``x`` are categories: points are not joined by lines (a line would suggest
     values between levels); ``hue`` levels are dodged sideways and told apart by colour and marker.
@@ -83,7 +84,7 @@ def point_plot(
         x: the axis along the horizontal, e.g. ``hidden``.
         hue: the axis drawn as colours and markers, e.g. ``method``.
         order, hue_order: level orders (default: the grid's, see :func:`analysis._plotstyle.axis_levels`).
-        n_boot, seed: the CI's bootstrap resamples and seed.
+        n_boot, seed: unused (kept for callers; the intervals are t-intervals, not bootstrap).
 
     Returns:
         The Figure.
@@ -106,7 +107,7 @@ def point_plot(
         x=x,
         y=response,
         order=x_levels,
-        errorbar=_CI,
+        errorbar=t_errorbar,
         n_boot=n_boot,
         seed=seed,
         capsize=0.08,
@@ -115,7 +116,7 @@ def point_plot(
         **kw,
     )
     ax.set_xlabel(label(x))
-    ax.set_ylabel(label(response) + ", mean and 95% CI")
+    ax.set_ylabel(label(response) + ", mean and 95% t-interval")
     ax.set_title(f"{response} by {x}" + (f" and {hue}" if hue else ""))
     if hue:
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title=hue)

@@ -37,6 +37,7 @@ __all__ = [
     "degradation",
     "factor_effects",
     "holm_adjust",
+    "in_grid_order",
     "mean_ci",
     "paired_bootstrap",
     "paired_intervals",
@@ -209,7 +210,8 @@ def paired_intervals(
         raise ValueError("paired_intervals: no grouping columns (by=) and no axes in attrs")
     _require(table, [*by, "seed", "degradation"], "paired_intervals")
     groups = []
-    for key, group in table.groupby(by, sort=True, dropna=False):
+    ordered = in_grid_order(table, by)  # groups in the grid's level order, as the figures
+    for key, group in ordered.groupby(by, sort=False, dropna=False):
         per_seed = group.dropna(subset=["degradation"]).groupby("seed")["degradation"].mean()
         label = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
         groups.append((label, per_seed.to_numpy(dtype=float), int(group["degradation"].isna().sum())))
@@ -269,6 +271,35 @@ def mean_ci(
                          f"n={len(d)}; use ci_method='t'")  # fmt: skip
     row = _summarise(d, ci, ci_method, 0 if ci_method == "t" else n_boot, seed, tests=False)
     return {k: row[k] for k in ("n", "df", "mean", "sd", "ci_low", "ci_high", "ci_method", "note")}
+
+
+def in_grid_order(table: pd.DataFrame, by: Sequence[str], levels: dict | None = None) -> pd.DataFrame:
+    """``table``'s rows stably sorted by the study grid's level order of each ``by`` column.
+
+    The order is ``levels`` (default ``table.attrs["levels"]``, axis -> values in the study
+    file's order, set by :func:`analysis.report.render_report`); values a column has that the
+    grid lacks come after, sorted; NaN last. A column without grid levels sorts its values. So a
+    table lists ``fp, bc, bwn, lab`` as the study did, not ``bc, bwn, fp, lab``, and agrees with
+    the figures (:func:`analysis._plotstyle.axis_levels`). attrs are kept.
+    """
+    levels = table.attrs.get("levels") if levels is None else levels
+    levels = levels or {}
+    ranks = []
+    for column in by:
+        seen = pd.unique(table[column].dropna())
+        try:
+            seen = sorted(seen)
+        except TypeError:  # mixed types
+            seen = sorted(seen, key=str)
+        grid = [v for v in levels.get(column) or [] if v in set(seen)]
+        order = grid + [v for v in seen if v not in set(grid)]
+        rank = {v: i for i, v in enumerate(order)}
+        ranks.append(table[column].map(rank).fillna(len(order)).to_numpy(dtype=float))
+    if not ranks:
+        return table
+    out = table.iloc[np.lexsort(ranks[::-1])]
+    out.attrs = dict(table.attrs)
+    return out
 
 
 def holm_adjust(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:

@@ -283,3 +283,39 @@ def test_save_figure_records_the_smallest_font(data, tmp_path):
         assert float(img.text["labbench.min_font_pt"]) == pytest.approx(_smallest_text_in(fig) * 72, rel=1e-3)
         assert img.info["dpi"] == pytest.approx((DPI, DPI), abs=0.1)
     assert min_font_pt(fig) >= 9.0
+
+
+def test_error_bars_are_student_t_intervals_over_the_seeds():
+    # the figures follow the tables' small-n rule: at 2 or 3 seeds a bootstrap interval cannot
+    # reach beyond the values themselves; the t-interval (scipy's one-sample t) can
+    from scipy import stats as st
+
+    values = {("a", "x"): [1.0, 1.4], ("a", "y"): [2.0, 2.1, 2.9], ("b", "x"): [0.5, 3.0]}
+    rows = [{"m": m, "h": h, "seed": s, "v": v} for (m, h), vs in values.items() for s, v in enumerate(vs)]
+    frame = pd.DataFrame(rows)
+    fig = point_plot(frame, "v", "h", "m", order=["x", "y"], hue_order=["a", "b"])
+    bars = []  # each error bar with caps is one line: cap, NaN, the bar, NaN, cap
+    for line in fig.axes[0].lines:
+        ys = np.asarray(line.get_ydata(), dtype=float)
+        if len(ys) == 8 and np.isfinite(ys).any():
+            bars.append((np.nanmin(ys), np.nanmax(ys)))
+    expected = []
+    for vs in values.values():
+        ci = st.ttest_1samp(vs, 0.0).confidence_interval(0.95)
+        expected.append((ci.low, ci.high))
+        assert ci.high - ci.low > np.ptp(vs)  # wider than the values: no bootstrap could draw it
+    assert np.allclose(sorted(bars), sorted(expected), rtol=1e-9, atol=0)
+    plt.close(fig)
+
+    curves = pd.DataFrame(
+        [
+            {"run_id": f"r{s}", "metric": "val_xent", "step": e, "value": v + e, "method": "fp"}
+            for s, v in enumerate([1.0, 1.3, 2.2])
+            for e in (1, 2)
+        ]
+    )
+    fig = learning_curves(curves, "val_xent", "method")
+    band = fig.axes[0].collections[0].get_paths()[0].vertices[:, 1]
+    ci = st.ttest_1samp([1.0, 1.3, 2.2], 0.0).confidence_interval(0.95)
+    assert band.min() == pytest.approx(ci.low + 1) and band.max() == pytest.approx(ci.high + 2)
+    plt.close(fig)

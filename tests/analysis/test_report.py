@@ -56,6 +56,11 @@ def test_report_sections_and_computed_sentences(report, fake_study):
         sentence = block.split("\n\n")[1]
         assert sentence.strip().endswith(".") and re.search(r"\d", sentence), sentence
     assert re.search(r"the largest is method=bc, hidden=16: 0\.3\d+ nats \(95% CI", md)
+    # drawn intervals follow the tables' small-n rule, and the captions say so with n
+    assert "bootstrap CIs" not in md.split("## Figures")[1]
+    n = r"n = \d+( to \d+)? (seeds|runs)"  # runs when other axes are pooled
+    assert re.search(rf"Points are the mean \S+ over runs with 95% t-intervals over {n}", md)
+    assert re.search(rf"95% t-interval bands over {n}", md)
     assert "env.json of the" in md and "fake 2-core" in md
 
 

@@ -429,3 +429,38 @@ def test_pareto_mask_against_brute_force(direction):
             for i in range(12)
         ]  # fmt: skip
         assert pareto_mask(cost, value, direction).tolist() == truth
+
+
+def test_tables_follow_the_grid_level_order_not_the_sorted_one():
+    # the study lists methods fp, lab, bwn, bc and widths 64, 8: tables read in that order, as
+    # the figures do, whatever order sorting or the rows give
+    from analysis._evidence import bptt_growth_table, floor_table
+    from analysis.stats import in_grid_order
+
+    grid = {"method": ["fp", "lab", "bwn", "bc"], "hidden": [64, 8]}
+    rows = []
+    for method in ["bc", "bwn", "fp", "lab"]:
+        for hidden in [8, 64]:
+            for seed in (0, 1, 2):
+                score = 2.0 + 0.1 * seed + {"fp": 0, "lab": 0.1, "bwn": 0.3, "bc": 0.5}[method]
+                rows.append({"run_id": f"{method}-{hidden}-{seed}", "method": method, "hidden": hidden,
+                             "seed": seed, "test_bpc": score, "floor_bigram_bpc": 3.0,
+                             "floor_unigram_bpc": 4.0, "bptt_growth": 1.0 + 0.01 * seed})  # fmt: skip
+    frame = pd.DataFrame(rows)
+    frame.attrs = {"objective": "test_bpc", "direction": "minimize", "baseline": {"method": "fp"},
+                   "axes": ["method", "hidden"], "levels": grid}  # fmt: skip
+    want = [(m, h) for m in grid["method"] for h in grid["hidden"]]
+
+    def order(table):
+        return list(zip(table["method"], table["hidden"], strict=True))
+
+    stats = paired_intervals(degradation(frame), n_boot=0)
+    assert order(stats) == [k for k in want if k[0] != "fp"]
+    assert stats.loc[stats["method"] == "bc", "mean"].tolist() == pytest.approx([0.5, 0.5])
+    assert order(floor_table(frame)) == want
+    assert order(bptt_growth_table(frame)) == want
+    # without grid levels: sorted; values the grid lacks come after the grid's, sorted
+    frame.attrs.pop("levels")
+    assert order(paired_intervals(degradation(frame), n_boot=0))[0] == ("bc", 8)
+    partial = in_grid_order(frame, ["method"], {"method": ["lab", "fp"]})
+    assert list(dict.fromkeys(partial["method"])) == ["lab", "fp", "bc", "bwn"]
