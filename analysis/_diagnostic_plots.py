@@ -132,7 +132,8 @@ def bptt_profile_plot(
         ax.set_xlabel("time step t (the loss is the last step's, t = T)")
         ax.set_ylabel("||d L_T / d h_t|| (L2 norm)")
     more = f" (first {len(shown)} of {len(groups)} panels)" if len(groups) > len(shown) else ""
-    fig.suptitle("Gradient of the last step's loss through time, at each run's last profiled epoch" + more)
+    fig.suptitle("Gradient of the last step's loss through time\n(each run's last profiled epoch"
+                 + more.replace(" (", "; ").rstrip(")") + ")")
     extra = [Line2D([], [], color="0.3", lw=2.0, label="mean over seeds"),
              Line2D([], [], color="0.3", lw=0.7, alpha=0.5, label="one seed")]  # fmt: skip
     figure_legend(fig, {h: colours[h] for h in hues}, hue, extra, shapes=shapes, line_dashes=dash)
