@@ -145,7 +145,7 @@ def _fig_learning(d: StudyData) -> list[FigureItem]:
 def _fig_grad_norm(d: StudyData) -> list[FigureItem]:
     raw = d.curves is not None and d.curves["metric"].str.startswith("grad_norm_raw/").any()
     prefix = "grad_norm_raw/" if raw else "grad_norm/"
-    last, per_hue = _layer_summary(d, prefix)
+    last, per_hue = _layer_summary(d, prefix, log=True)
     draw = diag_plots.raw_grad_norm_curves if raw else plots.grad_norm_curves
     fig = draw(d.curves, d.hue, hue_order=d.hue_order, n_boot=d.plot_boot, seed=d.seed)
     hi, lo = per_hue.iloc[-1], per_hue.iloc[0]
@@ -154,7 +154,8 @@ def _fig_grad_norm(d: StudyData) -> list[FigureItem]:
     caption = (
         f"Each panel is one layer's mean {what} per epoch (log scale, 95% t-interval bands over "
         f"{_seeds(_curve_rows(d, prefix), [d.hue, 'metric', 'step'])}); at "
-        f"epoch {last}, averaged over layers, {hi['key']} has the largest norm, "
+        f"epoch {last}, averaged over layers (geometric mean over runs), {hi['key']} has the "
+        f"largest norm, "
         f"{_value_ci(hi, prefix)}, and {lo['key']} the smallest, {num(lo['mean'])}: "
         f"{num(hi['mean'] / lo['mean'], 2)} times less{_received_text(d, last) if raw else ''}."
     )
@@ -267,8 +268,10 @@ FIGURES = (
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _layer_summary(d: StudyData, prefix: str) -> tuple[int, pd.DataFrame]:
-    """Per hue level: mean over layers per run at the last epoch, then mean and CI over runs.
+def _layer_summary(d: StudyData, prefix: str, *, log: bool = False) -> tuple[int, pd.DataFrame]:
+    """Per hue level: mean over layers per run at the last epoch, then mean and CI over runs
+    (with ``log``, of log10 of the positive per-run values, returned as powers of ten: the
+    geometric mean and its interval, for norms that span orders of magnitude across seeds).
 
     Returns:
         (last epoch, rows sorted by mean with ``key``, ``mean``, ``ci_low``, ``ci_high``, ``n``).
@@ -280,10 +283,14 @@ def _layer_summary(d: StudyData, prefix: str) -> tuple[int, pd.DataFrame]:
         raise Skip(f"no {prefix} metrics in the runs")
     last = int(data["step"].max())
     per_run = data[data["step"] == last].groupby(["run_id", d.hue])["value"].mean().reset_index()
-    rows = [
-        {"key": key, **mean_ci(part["value"], n_boot=d.n_boot, seed=d.seed)}
-        for key, part in per_run.groupby(d.hue, sort=True)
-    ]
+    log = log and bool((per_run["value"] > 0).all())
+    rows = []
+    for key, part in per_run.groupby(d.hue, sort=True):
+        values = np.log10(part["value"]) if log else part["value"]
+        row = {"key": key, **mean_ci(values, n_boot=d.n_boot, seed=d.seed)}
+        if log:
+            row.update({k: 10.0 ** row[k] for k in ("mean", "ci_low", "ci_high")})
+        rows.append(row)
     return last, pd.DataFrame(rows).sort_values("mean", kind="stable").reset_index(drop=True)
 
 
