@@ -121,17 +121,38 @@ def learning_curves(
     return fig
 
 
-@styled
-def grad_norm_curves(
-    curves: pd.DataFrame,
-    hue: str = "method",
-    *,
-    hue_order: Sequence | None = None,
-    max_panels: int = 9,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> Figure:
-    """Gradient norm (``grad_norm/<layer>``) per epoch, one panel per layer, log scale.
+def layer_figure(name: str, prefix: str, title: str, *, log: bool, max_panels: int, doc: str):
+    """Make the figure function ``name`` with one panel per ``<prefix><layer>`` metric.
+
+    The per-layer figures differ only in the metric prefix, the title, the y scale and how many
+    panels they show by default, so their one signature is written once, here::
+
+        name(curves, hue="method", *, hue_order=None, max_panels=max_panels, n_boot=1000, seed=0)
+
+    It draws with :func:`_layer_panels`; its errors start with ``name``, ``doc`` is its docstring.
+    The function is returned unstyled: wrap it in :func:`styled` for the analysis font sizes.
+    """
+
+    def figure(
+        curves: pd.DataFrame,
+        hue: str = "method",
+        *,
+        hue_order: Sequence | None = None,
+        max_panels: int = max_panels,
+        n_boot: int = 1000,
+        seed: int = 0,
+    ) -> Figure:
+        return _layer_panels(curves, prefix, hue, name, title, log=log, hue_order=hue_order,
+                             max_panels=max_panels, n_boot=n_boot, seed=seed)  # fmt: skip
+
+    figure.__name__ = figure.__qualname__ = name
+    figure.__doc__ = doc
+    return figure
+
+
+grad_norm_curves = styled(layer_figure(
+    "grad_norm_curves", "grad_norm/", "Gradient norm per layer (before clipping)", log=True, max_panels=9,
+    doc="""Gradient norm (``grad_norm/<layer>``) per epoch, one panel per layer, log scale.
 
     Args:
         curves: a :func:`analysis.load_curves` frame holding ``grad_norm/`` metrics.
@@ -144,32 +165,12 @@ def grad_norm_curves(
 
     Raises:
         ValueError: a needed column is missing or no ``grad_norm/`` metric is present.
-    """
-    return _layer_panels(
-        curves,
-        "grad_norm/",
-        hue,
-        "grad_norm_curves",
-        "Gradient norm per layer (before clipping)",
-        log=True,
-        hue_order=hue_order,
-        max_panels=max_panels,
-        n_boot=n_boot,
-        seed=seed,
-    )
+    """,
+))  # fmt: skip
 
-
-@styled
-def alpha_trajectories(
-    curves: pd.DataFrame,
-    hue: str = "method",
-    *,
-    hue_order: Sequence | None = None,
-    max_panels: int = 9,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> Figure:
-    """The scale alpha (``alpha/<layer>``) per epoch, one panel per layer.
+alpha_trajectories = styled(layer_figure(
+    "alpha_trajectories", "alpha/", "Scale alpha per layer", log=False, max_panels=9,
+    doc="""The scale alpha (``alpha/<layer>``) per epoch, one panel per layer.
 
     Args:
         curves: a :func:`analysis.load_curves` frame holding ``alpha/`` metrics.
@@ -182,19 +183,8 @@ def alpha_trajectories(
 
     Raises:
         ValueError: a needed column is missing or no ``alpha/`` metric is present.
-    """
-    return _layer_panels(
-        curves,
-        "alpha/",
-        hue,
-        "alpha_trajectories",
-        "Scale alpha per layer",
-        log=False,
-        hue_order=hue_order,
-        max_panels=max_panels,
-        n_boot=n_boot,
-        seed=seed,
-    )
+    """,
+))  # fmt: skip
 
 
 @styled

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis._curve_plots import _layer_panels
+from analysis._curve_plots import layer_figure
 from analysis._plotstyle import (
     MIN_FONT_PT,
     axis_levels,
@@ -30,51 +30,31 @@ from analysis._plotstyle import (
 __all__ = ["bptt_profile_plot", "draw_floor_lines", "raw_grad_norm_curves", "spectral_whole_curves"]
 
 
-def raw_grad_norm_curves(
-    curves: pd.DataFrame,
-    hue: str = "method",
-    *,
-    hue_order: Sequence | None = None,
-    max_panels: int = 9,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> Figure:
-    """The raw gradient norm (``grad_norm_raw/<layer>``: no clipping of any kind) per epoch.
+raw_grad_norm_curves = layer_figure(
+    "raw_grad_norm_curves", "grad_norm_raw/", "Gradient norm per layer, no clipping",
+    log=True, max_panels=9,
+    doc="""The raw gradient norm (``grad_norm_raw/<layer>``: no clipping of any kind) per epoch.
 
     One panel per layer, log scale, mean over runs with 95% CI bands. Unlike ``grad_norm/`` (what
     the optimizer received, after gate or norm clipping) it shows an explosion that a clip hides.
 
     Raises:
         ValueError: a needed column is missing or no ``grad_norm_raw/`` metric is present.
-    """
-    return _layer_panels(
-        curves, "grad_norm_raw/", hue, "raw_grad_norm_curves", "Gradient norm per layer, no clipping",
-        log=True, hue_order=hue_order, max_panels=max_panels, n_boot=n_boot, seed=seed,
-    )  # fmt: skip
+    """,
+)  # fmt: skip
 
-
-def spectral_whole_curves(
-    curves: pd.DataFrame,
-    hue: str = "method",
-    *,
-    hue_order: Sequence | None = None,
-    max_panels: int = 8,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> Figure:
-    """Spectral norm of each whole recurrent matrix (``spectral_whole/<w_hh>``) per epoch.
+spectral_whole_curves = layer_figure(
+    "spectral_whole_curves", "spectral_whole/", "Spectral norm of whole recurrent matrices",
+    log=False, max_panels=8,
+    doc="""Spectral norm of each whole recurrent matrix (``spectral_whole/<w_hh>``) per epoch.
 
     The 4H x H matrix the forward pass uses: w_hat for quantized methods, the weight itself for
     full precision, so every method (fp included) is on one scale. One panel per matrix.
 
     Raises:
         ValueError: a needed column is missing or no ``spectral_whole/`` metric is present.
-    """
-    return _layer_panels(
-        curves, "spectral_whole/", hue, "spectral_whole_curves",
-        "Spectral norm of whole recurrent matrices",
-        log=False, hue_order=hue_order, max_panels=max_panels, n_boot=n_boot, seed=seed,
-    )  # fmt: skip
+    """,
+)  # fmt: skip
 
 
 @styled
