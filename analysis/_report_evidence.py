@@ -6,6 +6,8 @@ The numbers come from :mod:`analysis._evidence`; this module only words and form
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 
 from analysis._evidence import UNDERTRAINED, bptt_growth_table, divergence_table, floor_table
@@ -26,16 +28,38 @@ _REASONS = {
 
 def floor_section(frame: pd.DataFrame, axes: list[str]) -> list:
     """Each cell's mean test score beside its floors; undertrained cells named in the text."""
-    blocks: list = [Heading("Scores against the reference floors")]
-    table = floor_table(frame, axes)
+    return _section("Scores against the reference floors", floor_table(frame, axes), axes, _floors,
+                    missing="No floors: the runs have no floor_* metrics (recorded before floors "
+                    "were logged) or no test score.")  # fmt: skip
+
+
+def divergence_section(frame: pd.DataFrame, axes: list[str]) -> list:
+    """Diverged runs per cell with their reasons (tag ``labbench.diverged_reason``)."""
+    return _section("Diverged runs", divergence_table(frame, axes), axes, _divergence,
+                    missing="The runs have no diverged metric.")  # fmt: skip
+
+
+def bptt_section(frame: pd.DataFrame, axes: list[str]) -> list:
+    """Mean ``bptt_growth`` per cell with its t-interval and what the interval says."""
+    return _section("Gradients through time", bptt_growth_table(frame, axes), axes, _bptt,
+                    missing="No bptt_growth metric: no LSTM, or runs recorded before the profile "
+                    "was measured.")  # fmt: skip
+
+
+def _section(
+    title: str, table: pd.DataFrame, axes: list[str], body: Callable[[pd.DataFrame, list[str]], list], *,
+    missing: str,
+) -> list:  # fmt: skip
+    """A heading, then ``body(table, axes)`` (a sentence and a table), or the note ``missing``
+    when ``table`` is empty (the runs lack the metrics)."""
     if table.empty:
-        return [*blocks, Text("No floors: the runs have no floor_* metrics (recorded before floors "
-                              "were logged) or no test score.", note=True)]  # fmt: skip
+        return [Heading(title), Text(missing, note=True)]
+    return [Heading(title), *body(table, axes)]
+
+
+def _floors(table: pd.DataFrame, axes: list[str]) -> list:
     task, score = table.attrs["task"], table.attrs["score"]
-    shown = table[axes].copy() if axes else pd.DataFrame(index=table.index)
-    shown["n"] = table["n"]
-    shown[f"mean {score}"] = table["mean"].map(num)
-    shown[_INTERVAL] = _intervals(table)
+    shown = _cell_means(table, axes, f"mean {score}")
     if task == "lm":
         shown["bigram floor"] = table["floor_bigram_bpc"].map(num)
         shown["unigram floor"] = table["floor_unigram_bpc"].map(num)
@@ -68,18 +92,13 @@ def floor_section(frame: pd.DataFrame, axes: list[str]) -> list:
                    + "; ".join(_cell(r, axes) for r in flagged.to_dict("records")) + "."
                    if len(flagged) else f" Every one of the {len(table)} cells beats chance.")  # fmt: skip
     shown["verdict"] = table["verdict"]
-    return [*blocks, Text(text + verdict), Table(shown.astype(str))]
+    return [Text(text + verdict), Table(shown.astype(str))]
 
 
-def divergence_section(frame: pd.DataFrame, axes: list[str]) -> list:
-    """Diverged runs per cell with their reasons (tag ``labbench.diverged_reason``)."""
-    blocks: list = [Heading("Diverged runs")]
-    table = divergence_table(frame, axes)
-    if table.empty:
-        return [*blocks, Text("The runs have no diverged metric.", note=True)]
+def _divergence(table: pd.DataFrame, axes: list[str]) -> list:
     total, runs = int(table["diverged"].sum()), int(table["runs"].sum())
     if total == 0:
-        return [*blocks, Text(f"No run diverged ({runs} finished runs).")]
+        return [Text(f"No run diverged ({runs} finished runs).")]
     seen = sorted({r.split(" ", 1)[1] for cell in table["reasons"] if cell for r in cell.split(", ")})
     reasons = "; ".join(f"{r}: {_REASONS.get(r, r)}" for r in seen)
     text = (
@@ -89,16 +108,10 @@ def divergence_section(frame: pd.DataFrame, axes: list[str]) -> list:
         f"when it had none). Reasons ({reasons}; docs/mlflow-layout.md states the bounds)."
     )
     shown = table[table["diverged"] > 0].reset_index(drop=True)
-    return [*blocks, Text(text), Table(shown.map(num).astype(str))]
+    return [Text(text), Table(shown.map(num).astype(str))]
 
 
-def bptt_section(frame: pd.DataFrame, axes: list[str]) -> list:
-    """Mean ``bptt_growth`` per cell with its t-interval and what the interval says."""
-    blocks: list = [Heading("Gradients through time")]
-    table = bptt_growth_table(frame, axes)
-    if table.empty:
-        return [*blocks, Text("No bptt_growth metric: no LSTM, or runs recorded before the profile "
-                              "was measured.", note=True)]  # fmt: skip
+def _bptt(table: pd.DataFrame, axes: list[str]) -> list:
     grows = int((table["reading"] == "grows back in time").sum())
     text = (
         "bptt_growth at each run's last epoch: the median over t of ||g_{t-1}|| / ||g_t||, with "
@@ -108,12 +121,18 @@ def bptt_section(frame: pd.DataFrame, axes: list[str]) -> list:
         "cells have an interval entirely above 1. The figure Gradients through time shows the "
         "profiles."
     )
+    shown = _cell_means(table, axes, "mean bptt_growth")
+    shown["reading"] = table["reading"]
+    return [Text(text), Table(shown.astype(str))]
+
+
+def _cell_means(table: pd.DataFrame, axes: list[str], mean: str) -> pd.DataFrame:
+    """The cells' ``axes`` columns, ``n``, the formatted mean (column ``mean``) and its t-interval."""
     shown = table[axes].copy() if axes else pd.DataFrame(index=table.index)
     shown["n"] = table["n"]
-    shown["mean bptt_growth"] = table["mean"].map(num)
+    shown[mean] = table["mean"].map(num)
     shown[_INTERVAL] = _intervals(table)
-    shown["reading"] = table["reading"]
-    return [*blocks, Text(text), Table(shown.astype(str))]
+    return shown
 
 
 def _intervals(table: pd.DataFrame) -> list[str]:
