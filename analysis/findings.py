@@ -23,6 +23,11 @@ Expressions (``FILTER`` is ``key=value`` pairs, comma-separated, matched against
     a number that is the same in every matching run (a floor, a count): ``4.03``.
 ``{{ n STUDY FILTER }}``
     how many runs match.
+``{{ nbelow STUDY METRIC OTHER FILTER }}``
+    ``k of n``: how many matching runs have METRIC below their own OTHER (e.g. test_bpc below
+    floor_bigram_bpc: the runs that beat the bigram floor).
+``{{ range STUDY METRIC FILTER }}``
+    the lowest and highest value over the matching runs: ``3.61 to 5.43 (n = 5)``.
 """
 
 from __future__ import annotations
@@ -119,6 +124,14 @@ def evaluate(expr: str, archives: dict[str, pd.DataFrame]) -> str:
         if (values <= 0).any():
             raise FindingsError(f"{{{{{expr}}}}}: logmean needs positive values")
         return _interval(np.log10(values), log=True)
+    if kind == "range":
+        values = _values(_filter(frame, filt, expr), metric, expr)
+        return f"{_num(float(values.min()))} to {_num(float(values.max()))} (n = {len(values)})"
+    if kind == "nbelow":
+        other, _, filt = filt.partition(" ")
+        runs = _filter(frame, filt, expr)
+        below = _values(runs, metric, expr) < _values(runs, other, expr)
+        return f"{int(below.sum())} of {len(below)}"
     if kind == "value":
         values = _values(_filter(frame, filt, expr), metric, expr)
         if not np.allclose(values, values.iloc[0], rtol=1e-9, atol=0):
@@ -141,7 +154,8 @@ def evaluate(expr: str, archives: dict[str, pd.DataFrame]) -> str:
             raise FindingsError(f"{{{{{expr}}}}}: A and B share no seed")
         text = _interval((pa[seeds] - pb[seeds]).to_numpy(), signed=True)
         return text.replace(", n = ", ", paired by seed, n = ")
-    raise FindingsError(f"{{{{{expr}}}}}: unknown kind {kind!r} (mean, logmean, diff, value, n)")
+    raise FindingsError(f"{{{{{expr}}}}}: unknown kind {kind!r} (mean, logmean, diff, value, n, "
+                        "nbelow, range)")
 
 
 def render_findings(template: str, reports: Path) -> str:

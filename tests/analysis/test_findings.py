@@ -72,3 +72,12 @@ def test_render_collects_every_error(tmp_path):
     with pytest.raises(FindingsError) as err:
         render_findings("a {{ mean x m }} b {{ n y }}", tmp_path)
     assert "'x'" in str(err.value) and "'y'" in str(err.value)
+
+
+def test_range_and_count_below_another_metric(archives):
+    frame = archives["s"]
+    bc = frame[frame.method == "bc"].test_bpc
+    assert evaluate("range s test_bpc method=bc", archives) == \
+        f"{bc.min():.2f} to {bc.max():.2f} (n = 5)"
+    expected = int((frame.test_bpc < frame.floor_bigram_bpc).sum())
+    assert evaluate("nbelow s test_bpc floor_bigram_bpc hidden=64", archives) == f"{expected} of 15"
