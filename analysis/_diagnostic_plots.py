@@ -88,6 +88,11 @@ def bptt_profile_plot(
     by = [b for b in by if b != hue]
     require(profiles, ["run_id", "t", "grad_norm", hue, *by], "bptt_profile_plot")
     groups = list(profiles.groupby(by, sort=True, dropna=False)) if by else [((), profiles)]
+    if by:  # panels in the grid's order of each `by` axis (frame.attrs["levels"]), not sorted
+        rank = {b: {v: i for i, v in enumerate(axis_levels(profiles, b))} for b in by}
+        groups.sort(key=lambda g: tuple(rank[b].get(v, len(rank[b])) for b, v in
+                                        zip(by, g[0] if isinstance(g[0], tuple) else (g[0],),
+                                            strict=True)))
     shown = groups[:max_panels]
     order = axis_levels(profiles, hue, hue_order)
     colours, shapes, dash = palette(order), markers(order), dashes(order)

@@ -201,7 +201,9 @@ def _fig_bptt(d: StudyData) -> list[FigureItem]:
     if d.profiles is None or d.profiles.empty or d.hue is None:
         raise Skip("no bptt/epoch-<e>.json profiles (no LSTM, or runs recorded before profiles)")
     by = [a for a in d.axes if a != d.hue and d.profiles[a].nunique(dropna=False) > 1]
-    fig = diag_plots.bptt_profile_plot(d.profiles, d.hue, hue_order=d.hue_order, by=by)
+    profiles = d.profiles.copy()
+    profiles.attrs["levels"] = d.frame.attrs.get("levels") or {}
+    fig = diag_plots.bptt_profile_plot(profiles, d.hue, hue_order=d.hue_order, by=by)
     per_run = d.profiles.drop_duplicates("run_id")
     growth = per_run.groupby(d.hue, sort=True)["bptt_growth"].mean().sort_values(kind="stable")
     epochs = sorted(per_run["epoch"].unique())

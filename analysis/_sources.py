@@ -92,12 +92,31 @@ class StudyReader:
         return None
 
 
+def _between_study_fields(frames: list[pd.DataFrame], axes: list[str]) -> list[str]:
+    """RunConfig fields (param columns, not axes or the seed) constant within every study but not
+    the same in all of them."""
+    params = dict.fromkeys(c for f in frames for c in f.attrs.get("param_columns") or [])
+    out = []
+    for column in params:
+        if column in axes or column == "seed" or not all(column in f for f in frames):
+            continue
+        values = [f[column].astype(str).unique() for f in frames]
+        if all(len(v) == 1 for v in values) and len({v[0] for v in values}) > 1:
+            out.append(column)
+    return out
+
+
 def combine_studies(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Several study frames (of :func:`analysis.load_runs` or :func:`analysis.load_archive`) as one.
 
     The studies must share objective, direction and baseline. Rows keep their ``study`` column;
     a (cell, seed) finished in two studies (a study extended into another) is kept once, the run
-    that ended first. Axes are the union (in order of appearance), seeds too (sorted).
+    that ended first. Axes are the union (in order of appearance), seeds too (sorted). Settings
+    that are fixed within each study but differ between them become an axis too, so the analysis
+    compares the studies instead of pooling them: the one such RunConfig field (e.g. ``seq_len``
+    for ``lstm-timesteps-10`` and ``lstm-timesteps-50``), or ``study`` itself when several fields
+    differ together (``attrs["study_differs"]`` names them); its levels follow the order the
+    studies were given.
 
     Returns:
         One frame; ``attrs["study"]`` is the names joined by `` + ``, ``attrs["parts"]`` each
@@ -130,12 +149,23 @@ def combine_studies(frames: list[pd.DataFrame]) -> pd.DataFrame:
               "run_ids": list(f["run_id"])} for f in frames]
     uris = {f.attrs.get("tracking_uri") for f in frames}
     archives = [a for f in frames for a in f.attrs.get("archive") or []]
+    axes = list(dict.fromkeys(a for f in frames for a in f.attrs.get("axes") or []))
+    differs = _between_study_fields(frames, axes)
+    levels: dict[str, list] = {}
+    if len(differs) == 1:
+        axes.append(differs[0])
+        levels[differs[0]] = list(dict.fromkeys(f[differs[0]].iloc[0] for f in frames))
+    elif differs:
+        axes.append("study")
+        levels["study"] = names
     attrs = {
         **{key: first.get(key) for key in _SAME},
         "study": " + ".join(names),
         "tracking_uri": uris.pop() if len(uris) == 1 else ", ".join(sorted(map(str, uris))),
         "parent_run_id": ", ".join(str(f.attrs.get("parent_run_id")) for f in frames),
-        "axes": list(dict.fromkeys(a for f in frames for a in f.attrs.get("axes") or [])),
+        "axes": axes,
+        "study_differs": differs,
+        "levels": levels,
         "seeds": sorted({int(s) for f in frames for s in f.attrs.get("seeds") or []}),
         "seeds_source": ", ".join(sorted({str(f.attrs.get("seeds_source")) for f in frames})),
         "param_columns": sorted({c for f in frames for c in f.attrs.get("param_columns") or []}),

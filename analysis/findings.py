@@ -2,7 +2,8 @@
 
 The findings page is written as a template, ``docs/findings.in.md``, whose numbers are
 expressions in double braces; this module evaluates them on the archives under
-``docs/reports/<study>/archive`` (written by ``labbench export``) and writes ``docs/findings.md``.
+``docs/reports/<folder>/archive*`` (written by ``labbench export``; STUDY below is the study name
+the archive records) and writes ``docs/findings.md``.
 So no number in the prose is typed by hand, each carries its n and interval, and re-running the
 command after a study is extended updates them all.
 
@@ -162,9 +163,10 @@ def render_findings(template: str, reports: Path) -> str:
     """Evaluate every ``{{...}}`` of `template` on the archives under `reports`; all errors are
     collected and raised together."""
     archives: dict[str, pd.DataFrame] = {}
-    for folder in sorted(reports.glob("*/archive")):
-        if (folder / "manifest.json").is_file():
-            archives[folder.parent.name] = load_archive(folder)
+    for folder in sorted(reports.glob("*/archive*")):  # archive/, or archive-<part>/ of a study
+        if (folder / "manifest.json").is_file():  # reported in parts: each named by its study
+            frame = load_archive(folder)
+            archives[str(frame.attrs.get("study") or folder.parent.name)] = frame
     errors: list[str] = []
 
     def sub(match: re.Match) -> str:

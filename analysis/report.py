@@ -108,7 +108,10 @@ def render_report(frame: pd.DataFrame, out_dir: str | Path, *, n_boot: int = 10_
     (out / FIGURE_DIR).mkdir(parents=True, exist_ok=True)
     reader = StudyReader(frame)
     frame = frame.copy()  # the grid's level order, for every figure (and table) drawn from it
-    frame.attrs["levels"] = spec_levels([spec for _, spec, _ in reader.specs()], frame)
+    levels = spec_levels([spec for _, spec, _ in reader.specs()], frame)
+    for axis, order in (frame.attrs.get("levels") or {}).items():  # e.g. combined studies'
+        levels.setdefault(axis, order)
+    frame.attrs["levels"] = levels
     data = _study_data(frame, n_boot, seed)
     blocks: list = _summary(frame, data)
     blocks += _spec_section(reader)
