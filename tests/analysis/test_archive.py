@@ -218,3 +218,31 @@ def test_studies_with_different_objectives_are_refused(fake_study, tmp_path, cap
     frame = load_runs(fake_study.name, fake_study.tracking_uri)
     with pytest.raises(CombineError, match="at least two"):
         combine_studies([frame])
+
+
+def _part(name: str, **fixed) -> pd.DataFrame:
+    rows = [{"run_id": f"{name}-{m}-{s}", "study": name, "cell": f"{m}{fixed}", "seed": s,
+             "method": m, "hidden": 64, **fixed, "end_time": s, "test_bpc": 3.0}
+            for m in ("fp", "lab") for s in (0, 1)]
+    frame = pd.DataFrame(rows)
+    frame.attrs = {"study": name, "objective": "test_bpc", "direction": "minimize",
+                   "baseline": {"method": "fp"}, "axes": ["method"], "seeds": [0, 1],
+                   "param_columns": ["method", "hidden", *fixed], "tracking_uri": "x"}
+    return frame
+
+
+def test_combined_studies_that_differ_in_one_setting_get_it_as_an_axis():
+    both = combine_studies([_part("t50", seq_len=50), _part("t10", seq_len=10)])
+    assert both.attrs["axes"] == ["method", "seq_len"]
+    assert both.attrs["levels"] == {"seq_len": [50, 10]}  # the order the studies were given
+    assert both.attrs["study_differs"] == ["seq_len"]
+
+
+def test_combined_studies_that_differ_in_tied_settings_get_study_as_the_axis():
+    both = combine_studies([_part("t10", seq_len=10, batch_size=320),
+                            _part("t50", seq_len=50, batch_size=64)])
+    assert both.attrs["axes"] == ["method", "study"]
+    assert both.attrs["levels"] == {"study": ["t10", "t50"]}
+    assert both.attrs["study_differs"] == ["seq_len", "batch_size"]
+    same = combine_studies([_part("a", seq_len=10), _part("b", seq_len=10)])
+    assert same.attrs["axes"] == ["method"] and same.attrs["study_differs"] == []
