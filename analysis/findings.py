@@ -20,6 +20,9 @@ Expressions (``FILTER`` is ``key=value`` pairs, comma-separated, matched against
     runs of A minus runs of B paired by seed (every other column of the filters must select one
     run per seed), mean with its 95% paired t-interval: ``+0.91 (95% CI 0.81 to 1.01, paired by
     seed, n = 5)``.
+``{{ diff2 STUDY METRIC A vs B minus C vs D }}``
+    an interaction: (A - B) - (C - D), all four paired by seed, with its 95% paired t-interval
+    (e.g. how much LAB's gap to fp shrinks from one width to another).
 ``{{ value STUDY METRIC FILTER }}``
     a number that is the same in every matching run (a floor, a count): ``4.03``.
 ``{{ n STUDY FILTER }}``
@@ -138,25 +141,34 @@ def evaluate(expr: str, archives: dict[str, pd.DataFrame]) -> str:
         if not np.allclose(values, values.iloc[0], rtol=1e-9, atol=0):
             raise FindingsError(f"{{{{{expr}}}}}: {metric} differs between the matching runs")
         return _num(float(values.iloc[0]))
-    if kind == "diff":
-        a_text, sep, b_text = filt.partition(" vs ")
-        if not sep:
-            raise FindingsError(f"{{{{{expr}}}}}: expected 'diff STUDY METRIC A vs B'")
-        a = _filter(frame, a_text, expr)
-        b = _filter(frame, b_text, expr)
-        for side, runs in (("A", a), ("B", b)):
+    if kind in ("diff", "diff2"):
+        # diff: A - B; diff2: (A - B) - (C - D), an interaction; every side paired by seed
+        halves = filt.split(" minus ") if kind == "diff2" else [filt]
+        if len(halves) != (2 if kind == "diff2" else 1):
+            raise FindingsError(f"{{{{{expr}}}}}: expected 'diff2 STUDY METRIC A vs B minus C vs D'")
+        sides = []
+        for half in halves:
+            a_text, sep, b_text = half.partition(" vs ")
+            if not sep:
+                raise FindingsError(f"{{{{{expr}}}}}: expected 'diff STUDY METRIC A vs B'")
+            sides += [a_text, b_text]
+        series = []
+        for name, text in zip("ABCD", sides, strict=False):
+            runs = _filter(frame, text, expr)
             if runs["seed"].duplicated().any():
-                raise FindingsError(f"{{{{{expr}}}}}: side {side} has several runs per seed; "
+                raise FindingsError(f"{{{{{expr}}}}}: side {name} has several runs per seed; "
                                     "filter on more columns")
-        pa = _values(a, metric, expr).set_axis(a["seed"].to_numpy())
-        pb = _values(b, metric, expr).set_axis(b["seed"].to_numpy())
-        seeds = sorted(set(pa.index) & set(pb.index))
+            series.append(_values(runs, metric, expr).set_axis(runs["seed"].to_numpy()))
+        seeds = sorted(set.intersection(*(set(x.index) for x in series)))
         if not seeds:
-            raise FindingsError(f"{{{{{expr}}}}}: A and B share no seed")
-        text = _interval((pa[seeds] - pb[seeds]).to_numpy(), signed=True)
+            raise FindingsError(f"{{{{{expr}}}}}: the sides share no seed")
+        d = series[0][seeds] - series[1][seeds]
+        if kind == "diff2":
+            d = d - (series[2][seeds] - series[3][seeds])
+        text = _interval(d.to_numpy(), signed=True)
         return text.replace(", n = ", ", paired by seed, n = ")
-    raise FindingsError(f"{{{{{expr}}}}}: unknown kind {kind!r} (mean, logmean, diff, value, n, "
-                        "nbelow, range)")
+    raise FindingsError(f"{{{{{expr}}}}}: unknown kind {kind!r} (mean, logmean, diff, diff2, "
+                        "value, n, nbelow, range)")
 
 
 def render_findings(template: str, reports: Path) -> str:

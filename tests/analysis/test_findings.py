@@ -1,5 +1,7 @@
 """The findings page's numbers against scipy, on a planted archive frame."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -81,3 +83,16 @@ def test_range_and_count_below_another_metric(archives):
         f"{bc.min():.2f} to {bc.max():.2f} (n = 5)"
     expected = int((frame.test_bpc < frame.floor_bigram_bpc).sum())
     assert evaluate("nbelow s test_bpc floor_bigram_bpc hidden=64", archives) == f"{expected} of 15"
+
+
+def test_diff2_is_the_paired_interaction(archives):
+    frame = archives["s"].sort_values("seed")
+    col = {m: frame[frame.method == m].test_bpc.to_numpy() for m in ("fp", "bc", "bc-scaled:2")}
+    d = (col["bc"] - col["fp"]) - (col["bc-scaled:2"] - col["fp"])
+    m, lo, hi = _ci(d)
+    got = evaluate("diff2 s test_bpc method=bc vs method=fp minus method=bc-scaled:2 vs method=fp",
+                   archives)
+    numbers = [float(x) for x in re.findall(r"[-+]?\d+\.\d+", got)]
+    assert numbers == pytest.approx([m, lo, hi], abs=6e-3) and got.endswith("paired by seed, n = 5)")
+    with pytest.raises(FindingsError, match="minus"):
+        evaluate("diff2 s test_bpc method=bc vs method=fp", archives)
