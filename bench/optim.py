@@ -132,8 +132,11 @@ class QuantOptimizer:
         backend: `kernels` backend for the proximal operators.
         compile: run the clip + binarize step of binary methods (bc, bc-scaled, bwn, lab, ...)
             through `torch.compile` (two fused passes instead of about ten; the first step of a new
-            shape compiles, several seconds). Ternary and m-bit solvers stay eager. Where
-            compiling fails (e.g. no C++ compiler) a warning is logged and the step runs eagerly.
+            shape compiles, several seconds), and each iteration of the alternating ternary
+            (``lat-approx``) and m-bit (``laq``) solvers (``compile=True`` of `prox_ternary` and
+            `prox_mbit`: one fused pass per iteration); ``lat``'s sort, TWN and TTQ stay eager.
+            Where compiling fails (e.g. no C++ compiler) a warning is logged and the step runs
+            eagerly.
         fused: do the whole step of the quantized weights in `kernels.fused_adam_lab_step_`: Adam's
             update of the latent weight, the clip and LAB's (or BWN's) binarization in two passes
             over all of them (Triton on CUDA; its torch reference elsewhere, unless ``backend``
@@ -297,12 +300,14 @@ class QuantOptimizer:
         d_view = None if v_view is None else v_view.sqrt() + EPS_D
         prev = t.param.detach() if "alpha" in t.state else None  # warm start from last w_hat
         prev_view = None if prev is None else t.grouped(prev)[0]
-        if m.weights == "ternary":
+        if m.weights == "ternary":  # with compile: each alternation pass (approx) compiled
             w_hat, alpha, _ = prox_ternary(view, d_view, solver=m.solver, granularity=gran,
-                                           init=prev_view, backend=self.backend)
+                                           init=prev_view, backend=self.backend,
+                                           compile=self.compiled)
         elif m.weights == "mbit":
             w_hat, alpha = prox_mbit(view, d_view, bits=t.spec.bits, levels=t.spec.levels,
-                                     granularity=gran, init=prev_view, backend=self.backend)
+                                     granularity=gran, init=prev_view, backend=self.backend,
+                                     compile=self.compiled)
         elif m.weights == "ttq":
             delta = self._ttq_delta(view, gran)
             shape = (-1,) + (1,) * (view.dim() - 1) if gran == "channel" else ()

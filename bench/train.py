@@ -139,11 +139,13 @@ def resolve_backend(backend: str, device: torch.device, targets: list[QuantTarge
     """What ``backend="auto"`` means for this run: ``"compile"`` on a CPU with a C++ compiler when
     at least `AUTO_COMPILE_MIN_WEIGHTS` weights take the binary step (the paper's MLP: eager LAB
     costs 1.36x fp per step, compiled 1.0-1.15x across runs, and the few seconds of compiling
-    are repaid within the first epoch); else ``"auto"`` (the hand-written Triton kernels on CUDA, the torch
+    are repaid within the first epoch) or an alternating ternary/m-bit solver (lat-approx, laq:
+    one compiled pass per iteration); else ``"auto"`` (the hand-written Triton kernels on CUDA, the torch
     reference elsewhere). Other values are returned as they are."""
     if backend != "auto" or device.type != "cpu":
         return backend
-    binary = sum(t.param.numel() for t in targets if t.spec.method.weights in ("binary", "sign"))
+    binary = sum(t.param.numel() for t in targets if t.spec.method.weights in ("binary", "sign")
+                 or t.spec.method.weights == "mbit" or t.spec.method.solver == "approx")
     if binary >= AUTO_COMPILE_MIN_WEIGHTS and any(map(shutil.which, ("c++", "g++", "clang++"))):
         return "compile"
     return backend

@@ -26,7 +26,9 @@ reference, in the order of their additions.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import logging
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
@@ -257,3 +259,37 @@ def level_write(prob: Problem, param: torch.Tensor, alpha: torch.Tensor, levels:
         LEVELS=levels, OUT_DTYPE=tl_dtype(prob.w.dtype), BLOCK=prob.block,
         num_warps=num_warps(prob.block), enable_fp_fusion=False)
     return out
+
+
+# %% torch.compile of the torch reference's passes
+#
+# The torch references (`mbit._prox_mbit_torch`, `ternary._approx_scale`) write each iteration of
+# the alternation as one pure function of (w, d, scale) returning the two sums of the next scale,
+# the levels recomputed inside instead of stored. Eagerly that is about ten full-tensor passes per
+# iteration; `torch.compile` fuses it into one read of w and d (the paper's MLP on CPU: 16 ms
+# instead of 175 ms per iteration for a 2048 x 2048 m-bit weight, 2 ms instead of 78 ms ternary).
+
+_COMPILED: dict[Callable[..., Any], Callable[..., Any] | None] = {}
+log = logging.getLogger(__name__)
+
+
+def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile(fn, dynamic=True)``, made once per function, or ``fn`` itself for good once
+    compiling failed (no C++ compiler, ...; logged as a warning). Compiling happens before the
+    compiled code runs, and the passes only read their inputs, so falling back repeats nothing."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    compiled_fn = _COMPILED[fn]
+    if compiled_fn is None:
+        return fn
+
+    def call(*args: Any) -> Any:
+        try:
+            return compiled_fn(*args)
+        except Exception as err:  # torch._dynamo / inductor failures have no common base
+            log.warning("torch.compile of %s failed (%s: %s); running it eagerly", fn.__name__,
+                        type(err).__name__, str(err).splitlines()[0][:200])
+            _COMPILED[fn] = None
+            return fn(*args)
+
+    return call

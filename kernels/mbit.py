@@ -19,7 +19,6 @@ from ._backend import check_backend, select_impl
 from ._common import (
     GRANULARITIES,
     TINY,
-    alternate,
     check_choice,
     check_iteration,
     check_like,
@@ -29,7 +28,7 @@ from ._common import (
     groups,
     scale_shape,
 )
-from ._levels import alternate_triton, level_sums, level_write, problem
+from ._levels import alternate_triton, compiled, level_sums, level_write, problem
 
 __all__ = ["prox_mbit"]
 
@@ -68,42 +67,67 @@ def _quantize(u: torch.Tensor, k: int, levels: str) -> torch.Tensor:
     return torch.sign(u) * level[torch.bucketize(mag, bounds, right=True)]
 
 
-def _initial_levels(w32: torch.Tensor, init32: torch.Tensor | None, k: int,
-                    levels: str) -> torch.Tensor:
-    """b0: ``q(init / max|init|)`` per group with ``init``, else sign(w) with sign(0) = +1."""
-    if init32 is None:
-        return torch.where(w32 >= 0, 1.0, -1.0)
-    peak = init32.abs().amax(dim=1, keepdim=True)  # (G, 1)
-    return _quantize(init32 / peak.clamp_min(TINY), k, levels)
+def _level_sums(w32: torch.Tensor, d32: torch.Tensor, src: torch.Tensor, param: torch.Tensor,
+                k: int, levels: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum d*b*w, sum d*b^2)`` per group for b = q(src / param): one pure pass (compilable).
+
+    Args:
+        w32, d32, src: ``(G, n)`` float32.
+        param: ``(G,)`` float32 divisor (alpha, or max|init| for the warm start).
+    """
+    b = _quantize(src / param.clamp_min(TINY)[:, None], k, levels)
+    db = d32 * b
+    return (db * w32).sum(dim=1), (db * b).sum(dim=1)
+
+
+def _level_write(w32: torch.Tensor, alpha: torch.Tensor, k: int, levels: str,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """``w_hat = alpha * q(w / alpha)`` in ``dtype``: one pure pass (compilable)."""
+    return (alpha[:, None] * _quantize(w32 / alpha.clamp_min(TINY)[:, None], k, levels)).to(dtype)
 
 
 def _prox_mbit_torch(w: torch.Tensor, d: torch.Tensor | None, bits: int, levels: str,
                      granularity: str, init: torch.Tensor | None, max_iter: int,
-                     tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference implementation of `prox_mbit` for validated, non-empty arguments."""
+                     tol: float, compile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference implementation of `prox_mbit` for validated, non-empty arguments.
+
+    `_common.alternate` written for this op: from the first iteration on b = q(w / alpha) is a
+    function of alpha, so an iteration is `_level_sums` of the current alpha (b is never stored)
+    and the result is q(w / alpha) of the final alpha, which is what `alternate` returns. With
+    ``compile``, `_level_sums` and `_level_write` run through `torch.compile` (one fused pass
+    each; the sums are added in another order, so scales agree to float32 rounding).
+    """
     w32 = groups(w, granularity)  # (G, n) float32
     d32 = curvature(d, w32, granularity)  # (G, n) float32
     k = 2 ** (bits - 1) - 1
     peak = w32.abs().amax(dim=1)  # (G,)
+    sums = compiled(_level_sums) if compile else _level_sums
+    write = compiled(_level_write) if compile else _level_write
 
-    def scale_of(b: torch.Tensor) -> torch.Tensor:
+    def scale_of(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
         # Weighted least squares sum(d b w) / sum(d b^2). A start whose signs disagree with w, or
         # an all-zero b, gives alpha <= 0 or 0/0: take max|w| (absmax scaling) instead. After one
         # iteration b has the signs of w and a nonzero largest element, so this never recurs.
-        db = d32 * b
-        num, den = (db * w32).sum(dim=1), (db * b).sum(dim=1)
         alpha = num / den.clamp_min(TINY)
         return torch.where((den > 0) & (alpha > 0), alpha, peak)
 
-    def levels_of(alpha: torch.Tensor) -> torch.Tensor:
-        # alpha is 0 only for an all-zero row, where 0 / TINY = 0 maps to level 0.
-        return _quantize(w32 / alpha.clamp_min(TINY)[:, None], k, levels)
-
-    init32 = None if init is None else groups(init, granularity)
-    b0 = _initial_levels(w32, init32, k, levels)
-    alpha, b = alternate(b0, scale_of, levels_of, max_iter, tol)
-    w_hat = (alpha[:, None] * b).to(w.dtype).reshape(w.shape)
-    return w_hat, scale_shape(alpha, granularity)
+    if init is None:  # b0 = sign(w), sign(0) = +1
+        b0 = torch.where(w32 >= 0, 1.0, -1.0)
+        db = d32 * b0
+        alpha = scale_of((db * w32).sum(dim=1), (db * b0).sum(dim=1))
+    else:  # b0 = q(init / max|init|)
+        init32 = groups(init, granularity)
+        alpha = scale_of(*sums(w32, d32, init32, init32.abs().amax(dim=1), k, levels))
+    active = torch.ones_like(alpha, dtype=torch.bool)  # (G,)
+    for _ in range(max_iter - 1):
+        alpha_next = scale_of(*sums(w32, d32, w32, alpha, k, levels))
+        moved = (alpha_next - alpha).abs() >= tol
+        alpha = torch.where(active, alpha_next, alpha)
+        active = active & moved
+        if not bool(active.any()):
+            break
+    w_hat = write(w32, alpha, k, levels, w.dtype)
+    return w_hat.reshape(w.shape), scale_shape(alpha, granularity)
 
 
 # %% Triton fast path
@@ -115,7 +139,7 @@ def _prox_mbit_torch(w: torch.Tensor, d: torch.Tensor | None, bits: int, levels:
 
 def _prox_mbit_triton(w: torch.Tensor, d: torch.Tensor | None, bits: int, levels: str,
                       granularity: str, init: torch.Tensor | None, max_iter: int,
-                      tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+                      tol: float, compile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton implementation of `prox_mbit` (linear levels) for validated, non-empty arguments."""
     assert levels == "linear", f"prox_mbit: no Triton kernel for levels={levels!r}"
     n_groups = 1 if granularity == "tensor" else w.shape[0]
@@ -139,7 +163,7 @@ def _prox_mbit_triton(w: torch.Tensor, d: torch.Tensor | None, bits: int, levels
 def prox_mbit(w: torch.Tensor, d: torch.Tensor | None = None, *, bits: int,
               levels: str = "linear", granularity: str = "tensor",
               init: torch.Tensor | None = None, max_iter: int = 10, tol: float = 1e-6,
-              backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+              backend: str = "auto", compile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize ``w`` to ``alpha * b`` on an m-bit grid, alternating over alpha and b (LAQ).
 
     Start from b0 = q(init / max|init|) with ``init`` (the previous ``w_hat``), else b0 = sign(w)
@@ -170,6 +194,11 @@ def prox_mbit(w: torch.Tensor, d: torch.Tensor | None = None, *, bits: int,
         backend: ``"auto"``, ``"torch"`` or ``"triton"``. Both agree exactly on signs and
             levels given the same scales, and on scales to float32 rounding (the sums run in
             another order); the Triton path copies strided inputs to contiguous ones first.
+        compile: on the torch backend, run each iteration's pass and the final w_hat through
+            `torch.compile` (one fused pass each instead of about ten; the first call per
+            dtype and levels compiles, seconds; where compiling fails a warning is logged and
+            the passes run eagerly). Scales agree with ``compile=False`` to float32 rounding
+            (the sums run in another order). Ignored by the Triton backend.
 
     Returns:
         ``(w_hat, alpha)``: ``w_hat`` of ``w``'s shape and dtype; ``alpha`` float32 of shape ()
@@ -209,4 +238,4 @@ def prox_mbit(w: torch.Tensor, d: torch.Tensor | None = None, *, bits: int,
                                   "`_prox_mbit_triton`); use backend='torch' or 'auto'")
     impl = select_impl("prox_mbit", backend, w, torch_impl=_prox_mbit_torch,
                        triton_impl=_prox_mbit_triton if levels == "linear" else None)
-    return impl(w, d, bits, levels, granularity, init, max_iter, tol)
+    return impl(w, d, bits, levels, granularity, init, max_iter, tol, compile)

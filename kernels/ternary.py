@@ -19,7 +19,6 @@ from ._backend import check_backend, select_impl
 from ._common import (
     GRANULARITIES,
     TINY,
-    alternate,
     check_choice,
     check_iteration,
     check_like,
@@ -30,7 +29,7 @@ from ._common import (
     scale_shape,
     threshold,
 )
-from ._levels import alternate_triton, level_sums, level_write, problem
+from ._levels import alternate_triton, compiled, level_sums, level_write, problem
 
 __all__ = ["prox_ternary"]
 
@@ -89,32 +88,60 @@ def _twn_scale(w32: torch.Tensor, d32: torch.Tensor) -> tuple[torch.Tensor, torc
     return alpha, delta
 
 
-def _approx_scale(w32: torch.Tensor, d32: torch.Tensor, init: torch.Tensor | None,
-                  max_iter: int, tol: float) -> torch.Tensor:
-    """Alternating minimization (LATa): ``(G,)`` float32 alpha of the last iteration."""
-    a = w32.abs()  # (G, n)
-    # b0: TWN's pattern (how the reference initializes Wq), or I_0(init) = the reference's
-    # sign(Wq_prev), where 0 stays 0.
-    b0 = threshold(w32, TWN_FACTOR * a.mean(dim=1)) if init is None else torch.sign(init)
+def _support_sums(w32: torch.Tensor, d32: torch.Tensor,
+                  delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum d|b||w|, sum d|b|)`` per group for b = I_delta(w): |b| = 1 exactly where
+    |w| > delta. One pure pass (compilable)."""
+    a = w32.abs()
+    db = d32 * (a > delta[:, None])
+    return (db * a).sum(dim=1), db.sum(dim=1)
 
-    def scale_of(b: torch.Tensor) -> torch.Tensor:
+
+def _ternary_write(w32: torch.Tensor, alpha: torch.Tensor, delta: torch.Tensor,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """``w_hat = alpha * I_delta(w)`` in ``dtype``: one pure pass (compilable)."""
+    return (alpha[:, None] * threshold(w32, delta)).to(dtype)
+
+
+def _approx_scale(w32: torch.Tensor, d32: torch.Tensor, init: torch.Tensor | None,
+                  max_iter: int, tol: float, compile: bool = False) -> torch.Tensor:
+    """Alternating minimization (LATa): ``(G,)`` float32 alpha of the last iteration.
+
+    `_common.alternate` written for this op: from the first iteration on b = I_{alpha/2}(w) is a
+    function of alpha, so an iteration is `_support_sums` of the current alpha (b is never
+    stored). With ``compile`` those sums run through `torch.compile` (one fused pass; the sums
+    are added in another order, so scales agree to float32 rounding).
+    """
+    peak = w32.abs().amax(dim=1)  # (G,)
+    sums = compiled(_support_sums) if compile else _support_sums
+
+    def scale_of(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
         # Least squares for a ternary b whose signs follow w: sum d|b||w| / sum d|b|. A row whose
         # b is all zero falls back to max|w| (the scale of the support {argmax |w|}); the next
         # pattern I_{alpha/2}(w) then holds at least the largest |w|.
-        db = d32 * b.abs()
-        den = db.sum(dim=1)
-        return torch.where(den > 0, (db * a).sum(dim=1) / den.clamp_min(TINY), a.amax(dim=1))
+        return torch.where(den > 0, num / den.clamp_min(TINY), peak)
 
-    def levels_of(alpha: torch.Tensor) -> torch.Tensor:
-        return threshold(w32, alpha / 2)
-
-    alpha, _ = alternate(b0, scale_of, levels_of, max_iter, tol)
+    # b0: TWN's pattern (how the reference initializes Wq), or I_0(init) = the reference's
+    # sign(Wq_prev), where 0 stays 0 (|b0| = 1 where init != 0).
+    if init is None:
+        alpha = scale_of(*sums(w32, d32, TWN_FACTOR * w32.abs().mean(dim=1)))
+    else:
+        db = d32 * (init != 0)
+        alpha = scale_of((db * w32.abs()).sum(dim=1), db.sum(dim=1))
+    active = torch.ones_like(alpha, dtype=torch.bool)  # (G,)
+    for _ in range(max_iter - 1):
+        alpha_next = scale_of(*sums(w32, d32, alpha / 2))
+        moved = (alpha_next - alpha).abs() >= tol
+        alpha = torch.where(active, alpha_next, alpha)
+        active = active & moved
+        if not bool(active.any()):
+            break
     return alpha
 
 
 def _prox_ternary_torch(w: torch.Tensor, d: torch.Tensor | None, solver: str, granularity: str,
-                        init: torch.Tensor | None, max_iter: int,
-                        tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        init: torch.Tensor | None, max_iter: int, tol: float,
+                        compile: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference implementation of `prox_ternary` for validated, non-empty arguments."""
     w32 = groups(w, granularity)  # (G, n) float32
     d32 = curvature(d, w32, granularity)  # (G, n) float32
@@ -125,10 +152,11 @@ def _prox_ternary_torch(w: torch.Tensor, d: torch.Tensor | None, solver: str, gr
         alpha, delta = _twn_scale(w32, d32)
     else:
         init32 = None if init is None else groups(init, granularity)
-        alpha = _approx_scale(w32, d32, init32, max_iter, tol)
+        alpha = _approx_scale(w32, d32, init32, max_iter, tol, compile)
         delta = alpha / 2
-    w_hat = alpha[:, None] * threshold(w32, delta)  # (G, n)
-    return (w_hat.to(w.dtype).reshape(w.shape), scale_shape(alpha, granularity),
+    write = compiled(_ternary_write) if compile and solver == "approx" else _ternary_write
+    w_hat = write(w32, alpha, delta, w.dtype)  # (G, n)
+    return (w_hat.reshape(w.shape), scale_shape(alpha, granularity),
             scale_shape(delta, granularity))
 
 
@@ -142,8 +170,8 @@ def _prox_ternary_torch(w: torch.Tensor, d: torch.Tensor | None, solver: str, gr
 #             hand-written Triton sort would not beat; the threshold and w_hat are one Triton pass.
 
 def _prox_ternary_triton(w: torch.Tensor, d: torch.Tensor | None, solver: str, granularity: str,
-                         init: torch.Tensor | None, max_iter: int,
-                         tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         init: torch.Tensor | None, max_iter: int, tol: float,
+                         compile: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton implementation of `prox_ternary` for validated, non-empty arguments."""
     n_groups = 1 if granularity == "tensor" else w.shape[0]
     prob = problem("prox_ternary", w, d, n_groups)
@@ -175,8 +203,8 @@ def _prox_ternary_triton(w: torch.Tensor, d: torch.Tensor | None, solver: str, g
 
 def prox_ternary(w: torch.Tensor, d: torch.Tensor | None = None, *, solver: str = "exact",
                  granularity: str = "tensor", init: torch.Tensor | None = None,
-                 max_iter: int = 10, tol: float = 1e-6,
-                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 max_iter: int = 10, tol: float = 1e-6, backend: str = "auto",
+                 compile: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ternarize ``w`` as ``alpha * I_delta(w)``, minimizing (or approximating) sum d*(w_hat - w)^2.
 
     Solvers:
@@ -205,6 +233,10 @@ def prox_ternary(w: torch.Tensor, d: torch.Tensor | None = None, *, solver: str 
         backend: ``"auto"``, ``"torch"`` or ``"triton"``. Both agree exactly on signs and
             levels given the same scales, and on scales to float32 rounding (the sums run in
             another order); the Triton path copies strided inputs to contiguous ones first.
+        compile: ``"approx"`` on the torch backend: run each iteration's pass through
+            `torch.compile` (one fused pass instead of about six; the first call per dtype
+            compiles, seconds; where compiling fails a warning is logged and it runs eagerly).
+            Scales agree with ``compile=False`` to float32 rounding. Ignored otherwise.
 
     Returns:
         ``(w_hat, alpha, delta)``: ``w_hat`` of ``w``'s shape and dtype with values in
@@ -236,4 +268,4 @@ def prox_ternary(w: torch.Tensor, d: torch.Tensor | None = None, *, solver: str 
         return torch.empty(w.shape, dtype=w.dtype, device=w.device), zeros, zeros.clone()
     impl = select_impl("prox_ternary", backend, w, torch_impl=_prox_ternary_torch,
                        triton_impl=_prox_ternary_triton)
-    return impl(w, d, solver, granularity, init, max_iter, tol)
+    return impl(w, d, solver, granularity, init, max_iter, tol, compile)
