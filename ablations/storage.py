@@ -311,6 +311,7 @@ def open_storage(location: Location, *, heartbeat: Heartbeat | None = None) -> A
     The journal's directory must exist (the launcher creates the run root).
     """
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+    from sqlalchemy.pool import NullPool
 
     if location.kind == "journal":
         backend = _journal_backend(location.storage_url)
@@ -322,7 +323,11 @@ def open_storage(location: Location, *, heartbeat: Heartbeat | None = None) -> A
         if note:
             log.warning("%s", note)
         return JournalStorage(backend)
-    kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
+    # No connection pool: every process (launcher, each worker, each trial, `status`) would keep
+    # up to five idle connections per storage it opened, and a study with many workers on one
+    # PostgreSQL server ran into its max_connections ("too many clients already"). A harness
+    # makes a few queries per trial, so a new connection per query (a few ms on a LAN) is cheap.
+    kwargs: dict[str, Any] = {"engine_kwargs": {"poolclass": NullPool}}
     if location.storage_url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     if heartbeat is not None:

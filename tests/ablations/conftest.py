@@ -72,7 +72,8 @@ def pg_url():
 
     pg(str(bindir / "initdb"), "-D", str(data), "-U", "labbench", "-A", "trust", "--no-sync")
     pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "-t", "60",
-       "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+       "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off "
+       "-c max_connections=300", "start")
     try:
         pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "labbench", "studies")
         yield f"postgresql+psycopg2://labbench@127.0.0.1:{port}/studies"
