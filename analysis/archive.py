@@ -8,7 +8,10 @@
     meta.json       what the tidy frame needs beside its rows: its attrs (objective, direction,
                     baseline, axes, seeds, excluded runs...), the parent run's tags, column types
     runs.csv        the tidy frame of :func:`analysis.load_runs`: one row per finished run, every
-                    param (each RunConfig field, ``seed`` included) and final metric by its name
+                    param (each RunConfig field, ``seed`` included) and final metric by its name;
+                    what identifies a run's cell and its results, nothing else
+    runs-meta.csv   the run bookkeeping that differs between the seeds of one cell and is not a
+                    setting or a result: run_id, trial, start_time, end_time
     curves.csv      per-epoch metrics, long: run_id, epoch, metric, value
     env.csv         the runs' env.json summarised: key, value, runs (how many runs had it)
     artifacts/<run_id>/bptt/epoch-<e>.json   the last profiled epoch of each recurrent run
@@ -50,7 +53,7 @@ __all__ = ["FORMAT", "RUN_LEVEL_METRICS", "ArchiveError", "archive_artifacts", "
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "labbench-archive/1"
+FORMAT = "labbench-archive/2"  # 2: run bookkeeping moved from runs.csv to runs-meta.csv
 RUN_LEVEL_METRICS = ("best_epoch", "epochs_run", "diverged", "wall_s", "step_ms", "peak_mem_mb",
                      "state_mem_mb", "bits_per_weight", "packed_bytes")
 """Metrics logged once per run (docs/mlflow-layout.md); with the ``best_val_``, ``test_`` and
@@ -58,7 +61,10 @@ RUN_LEVEL_METRICS = ("best_epoch", "epochs_run", "diverged", "wall_s", "step_ms"
 _RUN_LEVEL_PREFIXES = ("best_val_", "test_", "floor_")
 _SERIES = {"bptt": re.compile(r"bptt/epoch-(\d+)\.json")}
 """Per-epoch JSON artifacts kept for each run's last epoch only (folder -> file name pattern)."""
-_FILES = ("spec.json", "meta.json", "runs.csv", "curves.csv", "env.csv")
+_FILES = ("spec.json", "meta.json", "runs.csv", "runs-meta.csv", "curves.csv", "env.csv")
+BOOKKEEPING = ("trial", "start_time", "end_time")
+"""Frame columns kept out of runs.csv (in runs-meta.csv, by run_id): per-run identifiers and
+times, which a reader grouping runs.csv by its settings would otherwise take for settings."""
 
 
 class ArchiveError(ValueError):
@@ -91,7 +97,8 @@ def export_study(study: str, tracking_uri: str, out_dir: str | Path) -> dict:
             "parent_tags": dict(sorted(client.get_run(attrs["parent_run_id"]).data.tags.items())),
             "columns": [[c, str(t)] for c, t in frame.dtypes.items()],  # in the frame's order
         }),
-        "runs.csv": _csv_bytes(frame),
+        "runs.csv": _csv_bytes(frame.drop(columns=list(BOOKKEEPING))),
+        "runs-meta.csv": _csv_bytes(frame[["run_id", *BOOKKEEPING]]),
         "curves.csv": _curves_bytes(curves),
         "env.csv": _csv_bytes(environment_summary(e for e in envs if isinstance(e, dict))),
     }
@@ -290,14 +297,20 @@ def load_archive(path: str | Path) -> pd.DataFrame:
     folder = Path(path)
     verify_archive(folder)
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    with (folder / "runs.csv").open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], rows[1:]
     types = dict(meta["columns"])
-    if [c for c, _ in meta["columns"]] != header:
+    columns: dict[str, pd.Series] = {}
+    for name in ("runs.csv", "runs-meta.csv"):
+        with (folder / name).open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        header, body = rows[0], rows[1:]
+        if not set(header) <= set(types) or (name == "runs-meta.csv" and "run_id" in columns
+                                             and [r[0] for r in body] != list(columns["run_id"])):
+            raise ArchiveError(f"{folder / name}: its columns or rows differ from meta.json's "
+                               "and runs.csv's")
+        columns.update({c: _column([r[i] for r in body], types[c]) for i, c in enumerate(header)})
+    if set(columns) != set(types):
         raise ArchiveError(f"{folder / 'runs.csv'}: its columns differ from meta.json's")
-    frame = pd.DataFrame({name: _column([r[i] for r in body], types[name])
-                          for i, name in enumerate(header)})
+    frame = pd.DataFrame({c: columns[c] for c, _ in meta["columns"]})  # the frame's order
     frame.attrs = {**meta["attrs"], "archive": [str(folder)]}
     return frame
 

@@ -61,6 +61,16 @@ def test_runs_csv_has_every_param_and_final_metric_by_name_exactly(archive, fake
     # deterministic order: by cell, then seed
     keys = [(r["cell"], int(r["seed"])) for r in rows]
     assert keys == sorted(keys)
+    # every column that is not a metric, the run id or the seed is a setting: constant within a cell
+    metrics = set(load_archive(archive).attrs["metric_columns"].values())
+    results = metrics | {"diverged_reason"}  # a run's outcome (a tag), not a setting
+    settings = [c for c in rows[0] if c not in results and c not in ("run_id", "seed")]
+    cells = {tuple(r[c] for c in settings) for r in rows}
+    assert len(cells) == len({r["cell"] for r in rows})
+    with (archive / "runs-meta.csv").open(newline="") as f:
+        meta = list(csv.DictReader(f))
+    assert [m["run_id"] for m in meta] == [r["run_id"] for r in rows]
+    assert set(meta[0]) == {"run_id", "trial", "start_time", "end_time"}
 
 
 def test_manifest_hashes_and_counts_every_file(archive, fake_study):
@@ -246,3 +256,4 @@ def test_combined_studies_that_differ_in_tied_settings_get_study_as_the_axis():
     assert both.attrs["study_differs"] == ["seq_len", "batch_size"]
     same = combine_studies([_part("a", seq_len=10), _part("b", seq_len=10)])
     assert same.attrs["axes"] == ["method"] and same.attrs["study_differs"] == []
+
