@@ -282,14 +282,16 @@ class QuantOptimizer:
         v = self._v(t)
         v_view = None if v is None else t.grouped(v)[0]
         if m.weights == "binary" and m.fixed_scale:
-            if "fixed_alpha" not in t.state and self.fixed_scale is not None:
-                fan_in = math.prod(latent.shape[1:])  # alpha * sqrt(n) = fixed_scale
-                groups = () if gran == "tensor" else (view.shape[0],)
-                t.state["fixed_alpha"] = torch.full(groups, self.fixed_scale / math.sqrt(fan_in),
-                                                    dtype=latent.dtype, device=latent.device)
-            if "fixed_alpha" not in t.state:  # the first step's BWN scale, then frozen
-                t.state["fixed_alpha"] = self._binarize(view, None, gran,
-                                                             self._binarize_backend)[1]
+            if "fixed_alpha" not in t.state:  # set at the first step, then frozen
+                if self.fixed_scale is not None:
+                    fan_in = math.prod(latent.shape[1:])  # alpha * sqrt(n) = fixed_scale
+                    groups = () if gran == "tensor" else (view.shape[0],)
+                    t.state["fixed_alpha"] = torch.full(
+                        groups, self.fixed_scale / math.sqrt(fan_in), dtype=latent.dtype,
+                        device=latent.device)
+                else:  # the first step's BWN scale
+                    t.state["fixed_alpha"] = self._binarize(view, None, gran,
+                                                            self._binarize_backend)[1]
             alpha = t.state["fixed_alpha"]
             shape = (-1,) + (1,) * (view.dim() - 1) if gran == "channel" else ()
             return self._sign(view, alpha.reshape(shape)).reshape(latent.shape), alpha

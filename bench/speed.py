@@ -156,7 +156,7 @@ def measure_diagnostics_cost(base: RunConfig, *, steps: int = 12, warmup: int = 
             raw = grad_norms([w.param.grad for w in built.weights])
         if clip_kind == "norm":
             torch.nn.utils.clip_grad_norm_(params, clip_c)
-        if diag:
+        if diag and clip_kind != "none":  # as run does: without clipping, received = raw
             grad_norms([w.param.grad for w in built.weights])
         built.optimizer.step(track_flips=diag)
         if device.type == "cuda":

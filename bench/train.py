@@ -144,8 +144,8 @@ def resolve_backend(backend: str, device: torch.device, targets: list[QuantTarge
     reference elsewhere). Other values are returned as they are."""
     if backend != "auto" or device.type != "cpu":
         return backend
-    binary = sum(t.param.numel() for t in targets if t.spec.method.weights in ("binary", "sign")
-                 or t.spec.method.weights == "mbit" or t.spec.method.solver == "approx")
+    binary = sum(t.param.numel() for t in targets if t.spec.method.weights in ("binary", "sign", "mbit")
+                 or t.spec.method.solver == "approx")
     if binary >= AUTO_COMPILE_MIN_WEIGHTS and any(map(shutil.which, ("c++", "g++", "clang++"))):
         return "compile"
     return backend
