@@ -108,13 +108,14 @@ def render_report(frame: pd.DataFrame, out_dir: str | Path, *, n_boot: int = 10_
     (out / FIGURE_DIR).mkdir(parents=True, exist_ok=True)
     reader = StudyReader(frame)
     frame = frame.copy()  # the grid's level order, for every figure (and table) drawn from it
-    levels = spec_levels([spec for _, spec, _ in reader.specs()], frame)
+    specs = reader.specs()  # read once: the level order and the spec section both use them
+    levels = spec_levels([spec for _, spec, _ in specs], frame)
     for axis, order in (frame.attrs.get("levels") or {}).items():  # e.g. combined studies'
         levels.setdefault(axis, order)
     frame.attrs["levels"] = levels
     data = _study_data(frame, n_boot, seed)
     blocks: list = _summary(frame, data)
-    blocks += _spec_section(reader)
+    blocks += _spec_section(specs)
     blocks += _environment_section(reader, frame)
     blocks += _missing_section(frame)
     blocks += evidence.floor_section(frame, data.axes)
@@ -176,9 +177,9 @@ def _summary(frame: pd.DataFrame, data: figs.StudyData) -> list:
     ]
 
 
-def _spec_section(reader: StudyReader) -> list:
+def _spec_section(specs: list) -> list:
+    """The resolved spec of each study part, from ``StudyReader.specs()``."""
     blocks: list = [Heading("Study spec")]
-    specs = reader.specs()
     for study, spec, tags in specs:
         named = f" of study {study}" if len(specs) > 1 else ""
         if spec is not None:
