@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from bench.methods import LayerSpec, Method, get_method
-from kernels import fused_adam_lab_step_, prox_binary, prox_mbit, prox_ternary
+from kernels import compiled, fused_adam_lab_step_, prox_binary, prox_mbit, prox_ternary
 
 __all__ = ["EPS_D", "QuantOptimizer", "QuantTarget"]
 
@@ -56,26 +56,6 @@ def clip_and_sign(latent: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     (copysign reads the sign bit, so -0.0 is made +0.0 first)."""
     latent.clamp_(-1.0, 1.0)
     return torch.copysign(scale, latent + 0.0)
-
-
-class _CompiledOrEager:
-    """``torch.compile(fn)``, falling back to ``fn`` for good when compiling fails (no C++
-    compiler on a CPU machine, an unsupported GPU, ...): compiling happens before the compiled
-    code runs, so nothing was mutated yet, and an error of ``fn`` itself is raised by ``fn``."""
-
-    def __init__(self, fn: Callable[..., Any]):
-        self.fn = fn
-        self.compiled: Callable[..., Any] | None = torch.compile(fn, dynamic=True)
-
-    def __call__(self, *args: Any) -> Any:
-        if self.compiled is not None:
-            try:
-                return self.compiled(*args)
-            except Exception as err:  # torch._dynamo / inductor failures have no common base
-                log.warning("torch.compile of %s failed (%s: %s); running it eagerly",
-                            self.fn.__name__, type(err).__name__, str(err).splitlines()[0][:200])
-                self.compiled = None
-        return self.fn(*args)
 
 
 @dataclass
@@ -168,8 +148,8 @@ class QuantOptimizer:
         # Inside torch.compile the proximal step is traced from its torch reference; "auto" would
         # pick the hand-written Triton kernel on CUDA, an opaque call that splits the fused graph.
         self._binarize_backend = "torch" if compile else backend
-        self._binarize = _CompiledOrEager(clip_and_binarize) if compile else clip_and_binarize
-        self._sign = _CompiledOrEager(clip_and_sign) if compile else clip_and_sign
+        self._binarize = compiled(clip_and_binarize) if compile else clip_and_binarize
+        self._sign = compiled(clip_and_sign) if compile else clip_and_sign
         self.ttq_threshold = ttq_threshold
         if fixed_scale is not None and not 0 < fixed_scale < math.inf:
             raise ValueError(f"fixed_scale: expected a finite number > 0, got {fixed_scale!r}")

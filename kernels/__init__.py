@@ -21,6 +21,7 @@ interpreter, which needs ``TRITON_INTERPRET=1`` set before `kernels` is imported
 
 from ._backend import BACKENDS
 from ._common import GRANULARITIES
+from ._levels import compiled
 from .binary import prox_binary
 from .fused import fused_adam_lab_step_
 from .mbit import LEVELS, prox_mbit
@@ -33,6 +34,7 @@ __all__ = [
     "GRANULARITIES",
     "LEVELS",
     "SOLVERS",
+    "compiled",
     "fused_adam_lab_step_",
     "pack_bits",
     "packed_nbytes",

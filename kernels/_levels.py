@@ -275,21 +275,24 @@ log = logging.getLogger(__name__)
 
 def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``torch.compile(fn, dynamic=True)``, made once per function, or ``fn`` itself for good once
-    compiling failed (no C++ compiler, ...; logged as a warning). Compiling happens before the
-    compiled code runs, and the passes only read their inputs, so falling back repeats nothing."""
+    compiling failed (no C++ compiler, ...; logged once as a warning). Compiling happens before the
+    compiled code runs, and the passes only read their inputs (or, like bench.optim's clip steps,
+    mutate them only in code that has not run yet), so falling back repeats nothing. The returned
+    callable may be kept: it looks the compiled function up on every call."""
     if fn not in _COMPILED:
         _COMPILED[fn] = torch.compile(fn, dynamic=True)
-    compiled_fn = _COMPILED[fn]
-    if compiled_fn is None:
+    if _COMPILED[fn] is None:
         return fn
 
     def call(*args: Any) -> Any:
-        try:
-            return compiled_fn(*args)
-        except Exception as err:  # torch._dynamo / inductor failures have no common base
-            log.warning("torch.compile of %s failed (%s: %s); running it eagerly", fn.__name__,
-                        type(err).__name__, str(err).splitlines()[0][:200])
-            _COMPILED[fn] = None
-            return fn(*args)
+        compiled_fn = _COMPILED.get(fn)
+        if compiled_fn is not None:
+            try:
+                return compiled_fn(*args)
+            except Exception as err:  # torch._dynamo / inductor failures have no common base
+                log.warning("torch.compile of %s failed (%s: %s); running it eagerly",
+                            fn.__name__, type(err).__name__, str(err).splitlines()[0][:200])
+                _COMPILED[fn] = None
+        return fn(*args)
 
     return call

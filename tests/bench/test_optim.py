@@ -319,19 +319,23 @@ def test_compile_refuses_handwritten_triton_kernels():
                        backend="triton")
 
 
-def test_a_failed_compile_falls_back_to_the_eager_step(caplog):
+def test_a_failed_compile_falls_back_to_the_eager_step(caplog, monkeypatch):
     """No C++ compiler (or an unsupported GPU) must not stop a run: the step runs eagerly."""
-    from bench.optim import _CompiledOrEager, clip_and_binarize
+    from bench.optim import clip_and_binarize
+    from kernels import _levels, compiled
 
-    step = _CompiledOrEager(clip_and_binarize)
+    step = compiled(clip_and_binarize)  # as QuantOptimizer(compile=True) holds it
 
     def broken(*args):
         raise RuntimeError("InductorError: no working C++ compiler found")
 
-    step.compiled = broken
+    monkeypatch.setitem(_levels._COMPILED, clip_and_binarize, broken)
     w = torch.linspace(-1.5, 1.5, 11)
     expected = clip_and_binarize(w.clone(), None, "tensor", "torch")
-    with caplog.at_level("WARNING", logger="bench.optim"):
+    with caplog.at_level("WARNING", logger="kernels._levels"):
         got = step(w, None, "tensor", "torch")
-    assert "running it eagerly" in caplog.text and step.compiled is None
+        again = step(w.clone(), None, "tensor", "torch")  # eager for good: no second warning
+    assert caplog.text.count("running it eagerly") == 1
+    assert _levels._COMPILED[clip_and_binarize] is None
+    torch.testing.assert_close(again, expected, rtol=0, atol=0)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
