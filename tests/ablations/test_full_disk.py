@@ -197,7 +197,9 @@ def test_a_full_disk_fails_trials_cleanly_and_the_study_finishes_after(tmp_path,
         assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
 
         filler.unlink()  # space is freed
-        for args in (("repair", "full", "--root", str(root)),
+        # --force: no worker of the study runs now, and a trial whose RUNNING state was written
+        # just before the disk filled may have no owner recorded, which plain repair cannot judge
+        for args in (("repair", "full", "--root", str(root), "--force"),
                      ("grid", str(full), "--root", str(root), "--workers", "2", "--quiet")):
             proc = labbench(*args, env=env)
             assert proc.returncode == 0, proc.stdout + proc.stderr
