@@ -280,10 +280,17 @@ def grid_seed(trial: Trial, seeds: tuple[int, ...] | list[int]) -> int:
                                                 CategoricalDistribution(list(seeds))))
 
 
-def close_stale_run(client: Any, run_id: str) -> bool:
-    """Mark an abandoned MLflow run FAILED (tag ``labbench.stale``) if it is still RUNNING."""
+def close_stale_run(client: Any, run_id: str, *, tag_ended: bool = False) -> bool:
+    """Mark an abandoned MLflow run FAILED (tag ``labbench.stale``) if it is still RUNNING.
+
+    With ``tag_ended``, a run that already ended is tagged too: a worker can die after its run
+    ended (FINISHED) and before the study was told, and the tag keeps that run from being taken
+    for the slot's recorded one. True when a RUNNING run was closed."""
     try:
-        if client.get_run(run_id).info.status != "RUNNING":
+        status = client.get_run(run_id).info.status
+        if status != "RUNNING":
+            if tag_ended:
+                client.set_tag(run_id, "labbench.stale", "1")
             return False
         client.set_tag(run_id, "labbench.stale", "1")
         client.set_terminated(run_id, "FAILED")

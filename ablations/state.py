@@ -251,7 +251,7 @@ def _fail_stale(study: optuna.Study, client: Any, trial: FrozenTrial, reason: st
     owner = trial.user_attrs.get("owner") or {}
     if owner.get("trial") == trial.number:
         for run_id in mlflow_run_ids(trial.user_attrs):
-            close_stale_run(client, run_id)
+            close_stale_run(client, run_id, tag_ended=True)
     trial = storage.get_trial(trial._trial_id)
     history = trial.system_attrs.get("retry_history", [])
     if not requeue or (max_retry is not None and len(history) >= max_retry):

@@ -45,6 +45,9 @@ def _batch(config: RunConfig, device: torch.device) -> tuple[torch.Tensor, torch
     return x.to(device), y.to(device), shape, 10
 
 
+_METHOD_FIELDS = ("bits", "levels", "granularity", "layer_methods", "ttq_threshold", "fixed_scale")
+
+
 def measure_speed(base: RunConfig, methods: list[str], *, steps: int = 20, warmup: int = 3,
                   rounds: int = 4) -> list[dict[str, Any]]:
     """Median step time per method (ms) and its ratio to ``fp``, measured in this process.
@@ -67,9 +70,10 @@ def measure_speed(base: RunConfig, methods: list[str], *, steps: int = 20, warmu
     for m in methods:
         seed_everything(base.seed)
         values = base.to_dict()
-        for key in ("method", "bits", "levels", "granularity", "layer_methods", "ttq_threshold",
-                    "dtype"):
-            values.pop(key)
+        values.pop("method"), values.pop("dtype")
+        if m != base.method:  # the other methods run with their own defaults
+            for key in _METHOD_FIELDS:
+                values.pop(key)
         config = RunConfig.from_dict({**values, "method": m})
         x, y, shape, classes = _batch(config, device)
         runs[m] = (config, build_run(config, in_shape=shape, classes=classes), x, y)

@@ -135,3 +135,23 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path, capsys, monkeypatch)
     assert code == 0, out + err
     assert "2 interrupted trial(s)" in out
     _assert_complete_once(root, "ctrlc", 6)
+
+
+def test_close_stale_run_fails_a_running_run_and_tags_an_ended_one_only_when_asked(tmp_path):
+    from ablations.objective import close_stale_run
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("stale")
+    running, ended, errored = (client.create_run(experiment).info.run_id for _ in range(3))
+    client.set_terminated(ended, "FINISHED")
+    client.set_terminated(errored, "FAILED")
+
+    assert close_stale_run(client, running) is True
+    # a worker killed after its run ended, before the study was told: the run is tagged, kept
+    assert close_stale_run(client, ended, tag_ended=True) is False
+    # a retry's earlier attempt that failed on its own is not called stale
+    assert close_stale_run(client, errored) is False
+    runs = {r: client.get_run(r) for r in (running, ended, errored)}
+    assert runs[running].info.status == "FAILED" and runs[running].data.tags["labbench.stale"] == "1"
+    assert runs[ended].info.status == "FINISHED" and runs[ended].data.tags["labbench.stale"] == "1"
+    assert runs[errored].info.status == "FAILED" and "labbench.stale" not in runs[errored].data.tags

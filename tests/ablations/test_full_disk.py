@@ -239,7 +239,7 @@ def test_ctrl_c_in_the_middle_of_repair_waits_for_the_trial_to_be_marked(tmp_pat
     trial.set_user_attr("mlflow_run_id", "r1")
     closed = []
 
-    def close_with_ctrl_c(client, run_id):
+    def close_with_ctrl_c(client, run_id, **_):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands in the middle of the marking
         closed.append(run_id)
         return True

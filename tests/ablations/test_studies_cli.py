@@ -96,3 +96,15 @@ def test_grid_of_an_unknown_name_exits_2_and_creates_nothing(tmp_path, capsys):
     assert not root.exists()
     code, _, err = cli(capsys, "studies", "no-such-study")
     assert code == 2 and "shipped:" in err
+
+
+def test_speed_keeps_the_timed_methods_own_fields_and_drops_them_for_the_baseline():
+    from bench.config import RunConfig
+    from bench.speed import measure_speed
+
+    # bc-scaled needs its fixed_scale; fp, timed beside it as the baseline, must not get it
+    base = RunConfig(model="mlp", hidden=16, layers=1, method="bc-scaled", fixed_scale=2.0,
+                     batch_size=8, threads=1, train_limit=64, eval_limit=8)
+    rows = measure_speed(base, ["bc-scaled"], steps=1, warmup=0, rounds=1)
+    assert [r["method"] for r in rows] == ["fp", "bc-scaled"]
+    assert rows[0]["ratio"] == 1.0 and rows[1]["step_ms"] > 0
