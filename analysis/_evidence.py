@@ -1,4 +1,5 @@
-"""Per-cell evidence tables: scores against the reference floors, divergence, gradient growth.
+"""Per-cell evidence tables: scores against the reference floors, divergence, gradient growth,
+accuracy beside cost, and how the gap to the baseline moves along a numeric axis.
 
 Each function takes a :func:`analysis.load_runs` frame and returns one row per cell (a
 combination of the study's axes) with ``n``, the number of runs the row summarises, and, for
@@ -18,15 +19,22 @@ import numpy as np
 import pandas as pd
 
 from analysis._intervals import t_interval
-from analysis.stats import in_grid_order
+from analysis.stats import in_grid_order, pareto_mask
 
 __all__ = [
+    "COSTS",
     "UNDERTRAINED",
     "bptt_growth_table",
+    "cost_table",
     "divergence_table",
     "floor_references",
     "floor_table",
+    "interaction_table",
 ]
+
+COSTS = ("bits_per_weight", "packed_bytes", "step_ms", "state_mem_mb")
+"""Run-level cost metrics (docs/mlflow-layout.md): storage bits per quantizable weight, the packed
+model's bytes, the median training step in ms, and the optimizer state's memory in MiB."""
 
 UNDERTRAINED = "undertrained"
 """The verdict of a character-model cell whose mean test bits/char does not beat the bigram floor."""
@@ -194,6 +202,141 @@ def bptt_growth_table(frame: pd.DataFrame, axes: list[str] | None = None) -> pd.
             reading = "not distinguishable from 1"
         rows.append({**row, "reading": reading})
     return pd.DataFrame(rows)
+
+
+def cost_table(frame: pd.DataFrame, axes: list[str] | None = None) -> pd.DataFrame:
+    """Each cell's objective beside what it costs, and whether it is on a Pareto front.
+
+    Storage costs (``bits_per_weight``, ``packed_bytes``, ``state_mem_mb``) are the same in every
+    run of a cell and shown as the mean; ``step_ms`` is a timing, noisy on a shared machine, so
+    the cell's median over runs, and ``step_ratio`` is that median over the baseline's (the runs
+    matching ``frame.attrs["baseline"]`` at the same levels of the other axes). ``front_<cost>``
+    says whether the cell is on the Pareto front of the objective's mean against that cost (lower
+    cost, better objective: no other cell is at least as good on both and better on one).
+
+    Returns:
+        Columns: the axes, ``n``, ``mean``, ``ci_low``, ``ci_high`` (the objective, 95%
+        t-interval over runs), then each cost in :data:`COSTS` that the runs have, ``step_ratio``
+        (with ``step_ms``) and ``front_<cost>`` for ``packed_bytes`` and ``step_ms``.
+        ``attrs["objective"]``. Empty (no columns) when the runs have no objective or no cost.
+    """
+    axes = _axes(frame, axes)
+    lookup = _column(frame)
+    objective = frame.attrs.get("objective")
+    column = lookup(objective) if objective else None
+    costs = {c: lookup(c) for c in COSTS if lookup(c)}
+    if not column or not costs:
+        return pd.DataFrame()
+    data = frame[axes].copy()
+    data["_y"] = frame[column].to_numpy(dtype=float)
+    for cost, col in costs.items():
+        data[cost] = frame[col].to_numpy(dtype=float)
+    rows = []
+    for key, part in _cells(data, axes):
+        row = {**key, **_mean_interval(part["_y"])}
+        for cost in costs:
+            values = part[cost].dropna()
+            row[cost] = float(values.median() if cost == "step_ms" else values.mean()) \
+                if len(values) else np.nan
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if "step_ms" in costs:
+        table["step_ratio"] = _step_ratio(frame, data, table, axes)
+    direction = frame.attrs.get("direction") or "minimize"
+    for cost in ("packed_bytes", "step_ms"):
+        if cost in table.columns:
+            table[f"front_{cost}"] = pareto_mask(table[cost], table["mean"], direction)
+    table.attrs["objective"] = objective
+    return table
+
+
+def interaction_table(frame: pd.DataFrame, axes: list[str] | None = None) -> pd.DataFrame:
+    """How each method's gap to the baseline moves from the lowest to the highest level of each
+    numeric axis: an interaction contrast, paired by seed, with its 95% t-interval.
+
+    For a numeric axis A (not a baseline key) and a hue level h (the baseline's other value, e.g.
+    each method against ``method = fp``), with the other axes O held at one level o, seed s:
+    ``gap(h, a, o, s) = y(h, a, o, s) - y(baseline, a, o, s)`` and the contrast is
+    ``gap(h, max A, o, s) - gap(h, min A, o, s)``; < 0 means the gap shrinks as A grows (for a
+    lower-is-better objective). The row with O = ``"all"`` averages each seed's contrasts over
+    the levels of O first, so it asks whether the gap moves along A on average over the design.
+
+    Returns:
+        Columns: ``axis``, ``from``, ``to``, the hue column, ``over`` (the levels of O, or
+        ``"all"``), ``n`` (seeds with all four values), ``mean``, ``ci_low``, ``ci_high``.
+        Empty (no columns) when the study has no baseline over one hue axis or no numeric axis
+        crossed with every hue level.
+    """
+    axes = _axes(frame, axes)
+    baseline = frame.attrs.get("baseline") or {}
+    objective = frame.attrs.get("objective")
+    column = _column(frame)(objective) if objective else None
+    if len(baseline) != 1 or not column or "seed" not in frame.columns:
+        return pd.DataFrame()
+    (hue, base_level), = baseline.items()
+    if hue not in axes:
+        return pd.DataFrame()
+    rows = []
+    for axis in axes:
+        if axis == hue:
+            continue
+        levels = pd.to_numeric(frame[axis], errors="coerce")
+        if levels.isna().any() or levels.nunique() < 2:
+            continue  # not numeric, or conditional (missing for some methods)
+        others = [a for a in axes if a not in (hue, axis)]
+        data = frame[[hue, *others, "seed"]].copy()
+        data["_a"], data["_y"] = levels.to_numpy(dtype=float), frame[column].to_numpy(dtype=float)
+        low, high = data["_a"].min(), data["_a"].max()
+        index = [hue, *others, "seed"]
+        y = {a: data[data["_a"] == a].set_index(index)["_y"] for a in (low, high)}
+        if any(v.index.duplicated().any() for v in y.values()):
+            continue  # several runs per seed and cell: not a paired design
+        base = {a: v.xs(base_level, level=hue) for a, v in y.items()}
+        for level in in_grid_order(data, [hue])[hue].unique():
+            if level == base_level:
+                continue
+            try:
+                gaps = {a: (y[a].xs(level, level=hue) - base[a]).dropna() for a in (low, high)}
+            except KeyError:
+                continue
+            contrast = (gaps[high] - gaps[low]).dropna()
+            if contrast.empty:
+                continue
+            groups = [((), contrast)] if not others else [
+                *contrast.groupby(level=others, sort=True),
+                (("all",), contrast.groupby(level="seed").mean())]
+            for key, part in groups:
+                key = key if isinstance(key, tuple) else (key,)
+                over = "all" if key == ("all",) or not others else \
+                    ", ".join(f"{a}={v}" for a, v in zip(others, key, strict=True))
+                rows.append({"axis": axis, "from": _plain(low), "to": _plain(high), hue: level,
+                             "over": over, **_mean_interval(pd.Series(part.to_numpy().round(10)))})
+    table = pd.DataFrame(rows)
+    table.attrs.update(hue=hue, baseline=base_level, objective=objective)
+    return table
+
+
+def _step_ratio(frame: pd.DataFrame, data: pd.DataFrame, table: pd.DataFrame,
+                axes: list[str]) -> np.ndarray:
+    """Each cell's median step over the baseline's at the same levels of the other axes."""
+    baseline = frame.attrs.get("baseline") or {}
+    if not baseline or any(k not in frame.columns for k in baseline):
+        return np.full(len(table), np.nan)
+    match = np.ones(len(frame), dtype=bool)
+    for k, v in baseline.items():
+        match &= (frame[k] == v).to_numpy()
+    others = [a for a in axes if a not in baseline]
+    base = data.loc[match]
+    if not others:
+        ref = float(base["step_ms"].median()) if len(base) else np.nan
+        return table["step_ms"].to_numpy() / ref
+    medians = base.groupby(others, dropna=False)["step_ms"].median()
+    keys = [tuple(row) if len(others) > 1 else row[0] for row in table[others].itertuples(index=False)]
+    return np.array([s / medians.get(k, np.nan) for s, k in zip(table["step_ms"], keys, strict=True)])
+
+
+def _plain(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else float(x)
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The report's evidence sections: scores against the reference floors, diverged runs, and the
-growth of gradients through time, each a heading, one computed sentence and a table.
+"""The report's evidence sections: scores against the reference floors, diverged runs, the
+growth of gradients through time, accuracy beside cost, and the interaction contrasts, each a
+heading, computed sentences and a table.
 
 The numbers come from :mod:`analysis._evidence`; this module only words and formats them.
 """
@@ -10,12 +11,20 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from analysis._evidence import UNDERTRAINED, bptt_growth_table, divergence_table, floor_table
+from analysis._evidence import (
+    UNDERTRAINED,
+    bptt_growth_table,
+    cost_table,
+    divergence_table,
+    floor_table,
+    interaction_table,
+)
 from analysis._plotstyle import unit
 from analysis._render import Heading, Table, Text
 from analysis._render import fmt_number as num
 
-__all__ = ["bptt_section", "divergence_section", "floor_section"]
+__all__ = ["bptt_section", "cost_section", "divergence_section", "floor_section",
+           "interaction_section"]
 
 _INTERVAL = "95% t-interval"
 _REASONS = {
@@ -44,6 +53,20 @@ def bptt_section(frame: pd.DataFrame, axes: list[str]) -> list:
     return _section("Gradients through time", bptt_growth_table(frame, axes), axes, _bptt,
                     missing="No bptt_growth metric: no LSTM, or runs recorded before the profile "
                     "was measured.")  # fmt: skip
+
+
+def cost_section(frame: pd.DataFrame, axes: list[str]) -> list:
+    """The objective beside bits per weight, packed bytes, step time and optimizer memory."""
+    return _section("Accuracy and cost", cost_table(frame, axes), axes, _costs,
+                    missing="The runs have no cost metrics (bits_per_weight, packed_bytes, step_ms, "
+                    "state_mem_mb) or no objective.")  # fmt: skip
+
+
+def interaction_section(frame: pd.DataFrame, axes: list[str]) -> list:
+    """Does the gap to the baseline shrink along each numeric axis? Paired contrasts per method."""
+    return _section("Interaction contrasts", interaction_table(frame, axes), axes, _interactions,
+                    missing="No contrast: the study has no numeric axis crossed with every level "
+                    "of a one-key baseline (e.g. method = fp), or it is not paired by seed.")  # fmt: skip
 
 
 def _section(
@@ -123,6 +146,53 @@ def _bptt(table: pd.DataFrame, axes: list[str]) -> list:
     )
     shown = _cell_means(table, axes, "mean bptt_growth")
     shown["reading"] = table["reading"]
+    return [Text(text), Table(shown.astype(str))]
+
+
+def _costs(table: pd.DataFrame, axes: list[str]) -> list:
+    objective = table.attrs["objective"]
+    shown = _cell_means(table, axes, f"mean {objective}")
+    if "bits_per_weight" in table.columns:
+        shown["bits/weight"] = table["bits_per_weight"].map(num)
+    if "packed_bytes" in table.columns:
+        shown["packed KiB"] = (table["packed_bytes"] / 1024).map(num)
+    if "step_ms" in table.columns:
+        shown["step ms (median)"] = table["step_ms"].map(num)
+        shown["x baseline step"] = table["step_ratio"].map(num)
+    if "state_mem_mb" in table.columns:
+        shown["optimizer state MiB"] = table["state_mem_mb"].map(num)
+    fronts = []
+    for cost, label in (("packed_bytes", "bytes"), ("step_ms", "step")):
+        if f"front_{cost}" in table.columns:
+            shown[f"front ({label})"] = ["yes" if f else "" for f in table[f"front_{cost}"]]
+            on = table[table[f"front_{cost}"]]
+            fronts.append(f"against {cost}: " + "; ".join(_cell(r, axes) for r in on.to_dict("records")))
+    text = (
+        f"{objective}: means over seeds with {_INTERVAL}s. Costs per cell: bits per quantizable "
+        "weight and the packed model's size (the same in every run), the median training step "
+        "over runs and its ratio to the baseline's median (timings on a shared machine are noisy), "
+        "and the optimizer state's memory. The Pareto fronts take the cell means (no other cell "
+        "is at least as good on both and better on one): " + (" | ".join(fronts) or "none") + "."
+    )
+    return [Text(text), Table(shown.astype(str))]
+
+
+def _interactions(table: pd.DataFrame, axes: list[str]) -> list:
+    hue, base, objective = table.attrs["hue"], table.attrs["baseline"], table.attrs["objective"]
+    clear = table[(table["ci_high"] < 0) | (table["ci_low"] > 0)]
+    text = (
+        f"For each numeric axis and each {hue}, the change of its gap to {hue} = {base} in "
+        f"{objective} from the axis's lowest to its highest level: per seed, (value - baseline) at "
+        "the highest level minus (value - baseline) at the lowest, with the other axes held at "
+        "one level (rows 'over' that level) or averaged over their levels per seed first (rows "
+        f"'over all'). Means over seeds with {_INTERVAL}s of the paired contrasts; < 0 means the "
+        f"gap shrinks as the axis grows (for a lower-is-better objective). {len(clear)} of "
+        f"{len(table)} intervals exclude 0."
+    )
+    shown = table[["axis", "from", "to", hue, "over"]].copy()
+    shown["n"] = table["n"]
+    shown["mean change of the gap"] = table["mean"].map(num)
+    shown[_INTERVAL] = _intervals(table)
     return [Text(text), Table(shown.astype(str))]
 
 

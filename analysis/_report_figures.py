@@ -223,7 +223,7 @@ def _fig_pareto(d: StudyData) -> list[FigureItem]:
     if not d.column or d.direction is None or d.hue is None:
         raise Skip("no objective or direction")
     items = []
-    for cost in ("bits_per_weight", "step_ms"):
+    for cost in ("bits_per_weight", "packed_bytes", "step_ms"):
         column = (d.frame.attrs.get("metric_columns") or {}).get(cost)
         if column is None or d.frame[column].isna().all():
             continue
@@ -250,7 +250,7 @@ def _fig_pareto(d: StudyData) -> list[FigureItem]:
         )
         items.append((f"pareto-{cost}", fig, caption, f"{d.objective} against {cost}"))
     if not items:
-        raise Skip("no bits_per_weight or step_ms metric in the runs")
+        raise Skip("no bits_per_weight, packed_bytes or step_ms metric in the runs")
     return items
 
 
