@@ -1,4 +1,5 @@
-"""`QuantOptimizer`: wraps any torch optimizer and quantizes weights with a proximal step.
+"""`QuantOptimizer`: a `torch.optim.Optimizer` that wraps any torch optimizer and quantizes weights
+with a proximal step.
 
 The reference code's step (algorithms.md section 1.2), for every quantized weight W:
 
@@ -10,23 +11,40 @@ The reference code's step (algorithms.md section 1.2), for every quantized weigh
 
 How it is done here (the layout of torchao's PARQ): between steps each quantized parameter's
 storage *is* w_hat, so the model needs no special layers and autograd delivers g in `p.grad`.
-The full-precision latent W lives in this optimizer's state. `step()` swaps the latent in, runs the
-base optimizer, clips, computes the next w_hat and swaps it back. With no quantized parameters
-(method ``fp``) `step()` is the base optimizer's step, bit for bit.
+The full-precision latent W lives in this optimizer's state (``opt.state[p]["latent"]``). `step()`
+swaps the latent in, runs the base optimizer, clips, computes the next w_hat with the weight's
+`bench.quantizers.Quantizer` and swaps it back. With no quantized parameters (method ``fp``)
+`step()` is the base optimizer's step, bit for bit.
 
-Example:
+``param_groups`` *are* the base optimizer's groups (the same list), so LR schedulers, gradient
+scalers and user edits of ``lr`` reach the base; `state_dict` holds the base's state and every
+quantized weight's latent, curvature, scales and current w_hat, so a checkpoint resumes bit for bit.
+
+Example (own model, own loop, a scheduler; the param groups say what to quantize):
     >>> import torch
-    >>> lin = torch.nn.Linear(4, 3)
-    >>> base = torch.optim.Adam(lin.parameters(), lr=1e-2)
-    >>> opt = QuantOptimizer([("weight", lin.weight)], base, "lab")
-    >>> sorted(lin.weight.detach().abs().unique().tolist()) == [opt.alphas()["weight"]]
-    True
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> weights = [model[0].weight, model[2].weight]
+    >>> others = [model[0].bias, model[2].bias]
+    >>> opt = QuantOptimizer(torch.optim.Adam([{"params": weights, "method": "lab"},
+    ...                                        {"params": others}], lr=1e-2))
+    >>> sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)
+    >>> x, y = torch.randn(32, 4), torch.randint(3, (32,))
+    >>> for _ in range(5):
+    ...     opt.zero_grad()
+    ...     torch.nn.functional.cross_entropy(model(x), y).backward()
+    ...     opt.step()
+    ...     sched.step()
+    >>> alpha = opt.alphas()["param0"]  # weights hold exactly +-alpha; the latents are in opt.state
+    >>> bool((model[0].weight.abs() == alpha).all()), opt.state[model[0].weight]["latent"].shape
+    (True, torch.Size([8, 4]))
 """
 
 from __future__ import annotations
 
 import logging
-import math
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,28 +52,16 @@ from typing import Any
 import torch
 
 from bench.methods import LayerSpec, Method, get_method
-from kernels import compiled, fused_adam_lab_step_, prox_binary, prox_mbit, prox_ternary
+from bench.quantizers import EPS_D, ProxOptions, Quantizer, make_quantizer
+from kernels import fused_adam_lab_step_
 
-__all__ = ["EPS_D", "QuantOptimizer", "QuantTarget"]
+__all__ = ["EPS_D", "GROUP_KEYS", "QuantOptimizer", "QuantTarget"]
 
-EPS_D = 1e-8  # d = sqrt(v) + EPS_D, as in the reference code
 log = logging.getLogger(__name__)
 
-
-def clip_and_binarize(latent: torch.Tensor, v: torch.Tensor | None, granularity: str,
-                      backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clip a latent weight to [-1, 1] in place, then LAB's closed form with d = sqrt(v) + 1e-8
-    (BWN's when v is None). Tensors only, so `torch.compile` can fuse it into two passes."""
-    latent.clamp_(-1.0, 1.0)
-    d = None if v is None else v.sqrt() + EPS_D
-    return prox_binary(latent, d, granularity=granularity, backend=backend)
-
-
-def clip_and_sign(latent: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Clip a latent weight to [-1, 1] in place, then scale * sign(w) with sign(0) = +1
-    (copysign reads the sign bit, so -0.0 is made +0.0 first)."""
-    latent.clamp_(-1.0, 1.0)
-    return torch.copysign(scale, latent + 0.0)
+# Param-group keys that say how a group's weights are quantized (a group without ``method`` is
+# trained in full precision). ``gates``: stacked gate blocks, for ``granularity="gate"``.
+GROUP_KEYS = ("method", "bits", "levels", "granularity", "gates")
 
 
 @dataclass
@@ -70,6 +76,9 @@ class QuantTarget:
             ``gates`` equal row groups: an LSTM's stacked i, f, c, o matrices).
         gates: number of stacked gate blocks (``gate`` granularity only).
         recurrent: a hidden-to-hidden matrix (its spectral norm is a diagnostic).
+        state: latent, own curvature ``v``, ``alpha`` and the quantizer's entries (shared with
+            ``quantizer.state`` and ``QuantOptimizer.state[param]``).
+        quantizer: the weight kind's `Quantizer` (set by `QuantOptimizer`).
     """
 
     name: str
@@ -79,26 +88,34 @@ class QuantTarget:
     gates: int | None = None
     recurrent: bool = False
     state: dict[str, Any] = field(default_factory=dict, repr=False)
+    quantizer: Quantizer | None = field(default=None, repr=False)
 
     def grouped(self, t: torch.Tensor) -> tuple[torch.Tensor, str]:
         """View `t` for the kernels: (view, kernel granularity)."""
-        if self.granularity == "tensor":
-            return t, "tensor"
-        if self.granularity == "channel":
-            return t.reshape(t.shape[0], -1), "channel"
-        return t.reshape(self.gates, -1), "channel"
+        return self.quantizer.grouped(t)
 
 
-class QuantOptimizer:
+class QuantOptimizer(torch.optim.Optimizer):
     """Latent weights + curvature estimate + proximal quantization around a base optimizer.
 
+    Two ways to say what is quantized:
+
+    - ``QuantOptimizer(base)``: the base optimizer's param groups carry `GROUP_KEYS`
+      (``{"params": ..., "method": "laq", "bits": 4, "granularity": "channel"}``, as torchao
+      PARQ's groups carry ``quant_bits``); groups without ``method`` stay full precision. Names
+      come from the group's ``param_names`` (pass ``(name, param)`` pairs) or are ``param<i>``.
+    - ``QuantOptimizer(params, base, method, ...)``: `params` lists the weights to quantize:
+      parameters, ``(name, parameter)`` pairs, `QuantTarget`s, or dicts with keys ``param``
+      (required), ``name``, ``method``, ``bits``, ``levels``, ``granularity``, ``gates``,
+      ``recurrent`` overriding the defaults below per weight; `base` is a torch optimizer over
+      *all* the model's parameters (quantized ones included).
+
     Args:
-        params: the weights to quantize: parameters, ``(name, parameter)`` pairs, `QuantTarget`s,
-            or dicts with keys ``param`` (required), ``name``, ``method``, ``bits``, ``levels``,
-            ``granularity``, ``gates``, ``recurrent`` overriding the defaults below per weight.
-        base: a torch optimizer over *all* the model's parameters (quantized ones included).
-        method: default method name (a key of `bench.methods.METHODS`) or `LayerSpec`.
-        granularity, bits, levels: defaults for every weight.
+        params: the weights to quantize, or the base optimizer (first form).
+        base: the base optimizer (second form).
+        method: default method name (a key of `bench.methods.METHODS`) or `LayerSpec`; ``lab``
+            when not given (second form only: in the first, each group names its own).
+        granularity, bits, levels: defaults for every weight (or group).
         beta2: decay of the second-moment estimate v; default: the base optimizer's beta2 when it
             has betas (Adam, AdamW), else 0.999.
         curvature: ``"auto"`` reads v from Adam's ``exp_avg_sq`` when that is provably the same
@@ -119,63 +136,84 @@ class QuantOptimizer:
             eagerly.
         fused: do the whole step of the quantized weights in `kernels.fused_adam_lab_step_`: Adam's
             update of the latent weight, the clip and LAB's (or BWN's) binarization in two passes
-            over all of them (Triton on CUDA; its torch reference elsewhere, unless ``backend``
-            says otherwise). The other parameters still go through ``base``. Needs
-            ``torch.optim.Adam`` without amsgrad, weight decay, maximize, capturable or
-            differentiable, ``curvature="auto"``, float32 contiguous weights and binary methods
-            with a learned scale (``lab``, ``bwn``, ``xnor``, ``lab2``). Results match the
-            unfused step to float32 rounding (bit for bit with the torch reference on CPU).
+            over all of them (backend: `_fused_backend`). The other parameters still go through
+            ``base``. Needs ``torch.optim.Adam`` without amsgrad, weight decay, maximize,
+            capturable or differentiable, ``curvature="auto"``, float32 contiguous weights and
+            binary methods with a learned scale (``lab``, ``bwn``, ``xnor``, ``lab2``). Results
+            match the unfused step to float32 rounding (bit for bit with the torch reference).
 
     Raises:
-        ValueError: an unknown method/granularity, or ``gate`` granularity without ``gates``;
-            ``fused=True`` with an optimizer, method or weight it does not support.
+        ValueError: an unknown method/granularity, ``gate`` granularity without ``gates``, a
+            quantized weight the base optimizer does not hold; ``fused=True`` with an optimizer,
+            method or weight it does not support.
     """
 
-    def __init__(self, params: Iterable[Any], base: torch.optim.Optimizer,
-                 method: str | LayerSpec = "lab", *, granularity: str = "tensor",
+    def __init__(self, params: Iterable[Any] | torch.optim.Optimizer,
+                 base: torch.optim.Optimizer | None = None,
+                 method: str | LayerSpec | None = None, *, granularity: str = "tensor",
                  bits: int | None = None, levels: str | None = None, beta2: float | None = None,
                  curvature: str = "auto", ttq_threshold: float = 0.05,
                  fixed_scale: float | None = None, backend: str = "auto",
                  compile: bool = False, fused: bool = False):
+        from_groups = isinstance(params, torch.optim.Optimizer)
+        if from_groups:
+            if base is not None or method is not None:
+                raise ValueError("QuantOptimizer(base): each param group names its method; pass "
+                                 "no second optimizer and no `method`")
+            base = params
+        elif not isinstance(base, torch.optim.Optimizer):
+            raise TypeError(f"base: expected a torch.optim.Optimizer, got {type(base).__name__}")
         if curvature not in ("auto", "own"):
             raise ValueError(f"curvature: expected 'auto' or 'own', got {curvature!r}")
         if compile and backend == "triton":
             raise ValueError("compile=True generates its own kernels (Triton on CUDA); it cannot "
                              "also call the hand-written Triton ones: use backend='auto' or 'torch'")
+        if fixed_scale is not None and not 0 < fixed_scale < float("inf"):
+            raise ValueError(f"fixed_scale: expected a finite number > 0, got {fixed_scale!r}")
+        # torch.optim.Optimizer's own setup, minus its param groups: ours are the base's.
+        self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_step_post_hooks: OrderedDict = OrderedDict()
+        self._optimizer_state_dict_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_state_dict_post_hooks: OrderedDict = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks: OrderedDict = OrderedDict()
+        self._patch_step_function()
         self.base = base
+        self.defaults = base.defaults
+        self.state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
+
         self.backend = backend
         self.compiled = compile
-        # Inside torch.compile the proximal step is traced from its torch reference; "auto" would
-        # pick the hand-written Triton kernel on CUDA, an opaque call that splits the fused graph.
-        self._binarize_backend = "torch" if compile else backend
-        self._binarize = compiled(clip_and_binarize) if compile else clip_and_binarize
-        self._sign = compiled(clip_and_sign) if compile else clip_and_sign
-        self.ttq_threshold = ttq_threshold
-        if fixed_scale is not None and not 0 < fixed_scale < math.inf:
-            raise ValueError(f"fixed_scale: expected a finite number > 0, got {fixed_scale!r}")
-        self.fixed_scale = fixed_scale
-        default_spec = method if isinstance(method, LayerSpec) else LayerSpec(
-            get_method(method), bits if bits is not None else 3, levels or "linear")
-        self.targets: list[QuantTarget] = []
-        for i, item in enumerate(params):
-            target = self._as_target(item, i, default_spec, granularity)
-            if target.spec.method.quantized:
-                self.targets.append(target)
+        self.options = ProxOptions(backend=backend, compile=compile, ttq_threshold=ttq_threshold,
+                                   fixed_scale=fixed_scale)
+        self.ttq_threshold, self.fixed_scale = ttq_threshold, fixed_scale
         self.beta2 = beta2 if beta2 is not None else self._base_beta2()
-        self._shared_v = curvature == "auto" and self._adam_v_is_ours()
+        self.curvature_mode = curvature
+        self._defaults = {"method": method, "granularity": granularity, "bits": bits,
+                          "levels": levels}
+        self.targets: list[QuantTarget] = []
+        self.last_flips: dict[str, float] = {}
+        if from_groups:
+            for group in list(base.param_groups):
+                self._add_targets(self._group_targets(group, len(self.targets)))
+        else:
+            default_spec = self._spec(method or "lab", bits, levels)
+            self._add_targets([self._as_target(item, i, default_spec, granularity)
+                               for i, item in enumerate(params)])
         self.fused = fused
         if fused:
             self._check_fusable()
-        self._ttq_scales: list[torch.nn.Parameter] = []
-        self.last_flips: dict[str, float] = {}
-        for t in self.targets:
-            self._init_target(t)
-        if self._ttq_scales:
-            base.add_param_group({"params": self._ttq_scales, "weight_decay": 0.0})
 
     # --- setup ----------------------------------------------------------------------------
     @staticmethod
-    def _as_target(item: Any, i: int, default: LayerSpec, granularity: str) -> QuantTarget:
+    def _spec(method: str | Method | LayerSpec, bits: int | None, levels: str | None) -> LayerSpec:
+        if isinstance(method, LayerSpec):
+            return method
+        m = get_method(method) if isinstance(method, str) else method
+        return LayerSpec(m, bits if bits is not None else 3, levels or "linear")
+
+    @classmethod
+    def _as_target(cls, item: Any, i: int, default: LayerSpec, granularity: str) -> QuantTarget:
         if isinstance(item, QuantTarget):
             return item
         if isinstance(item, torch.Tensor):
@@ -184,140 +222,103 @@ class QuantOptimizer:
             item = {"name": item[0], "param": item[1]}
         item = dict(item)
         spec = item.pop("method", default)
-        if isinstance(spec, str | Method):
-            m = get_method(spec) if isinstance(spec, str) else spec
-            spec = LayerSpec(m, item.pop("bits", default.bits), item.pop("levels", default.levels))
+        if not isinstance(spec, LayerSpec):
+            spec = cls._spec(spec, item.pop("bits", default.bits), item.pop("levels", default.levels))
         target = QuantTarget(name=item.pop("name", f"param{i}"), param=item.pop("param"), spec=spec,
                              granularity=item.pop("granularity", granularity),
                              gates=item.pop("gates", None), recurrent=item.pop("recurrent", False))
         if item:
             raise ValueError(f"unknown keys for quantized weight {target.name!r}: {sorted(item)}")
-        if target.granularity not in ("tensor", "channel", "gate"):
-            raise ValueError(f"granularity: expected tensor, channel or gate, "
-                             f"got {target.granularity!r}")
-        if target.granularity == "gate" and not target.gates:
-            raise ValueError(f"granularity 'gate' needs `gates` for {target.name!r}")
         return target
+
+    def _group_targets(self, group: dict[str, Any], first: int) -> list[QuantTarget]:
+        """Targets for a param group that carries `GROUP_KEYS` (none without ``method``)."""
+        if group.get("method") is None:
+            return []
+        opts = {k: group.get(k, self._defaults.get(k)) for k in GROUP_KEYS}
+        spec = self._spec(opts["method"], opts["bits"], opts["levels"])
+        names = group.get("param_names") or [f"param{first + j}" for j in range(len(group["params"]))]
+        return [QuantTarget(name, p, spec, granularity=opts["granularity"] or "tensor",
+                            gates=opts["gates"]) for name, p in zip(names, group["params"], strict=True)]
+
+    def _add_targets(self, targets: list[QuantTarget]) -> None:
+        """Create the state of new quantized weights (fp ones are left to the base)."""
+        scales: list[tuple[str, torch.nn.Parameter]] = []
+        known = {t.name for t in self.targets}
+        for t in targets:
+            if not t.spec.method.quantized:
+                continue
+            if t.name in known:
+                raise ValueError(f"two quantized weights are named {t.name!r}")
+            try:
+                t.quantizer = make_quantizer(t.spec, t.granularity, t.gates, self.options, t.state)
+            except ValueError as err:
+                raise ValueError(f"quantized weight {t.name!r}: {err}") from None
+            t.granularity = t.quantizer.granularity
+            group = self._base_group(t.param)
+            if group is None:
+                raise ValueError(f"quantized weight {t.name!r} is not in the base optimizer's "
+                                 "param groups")
+            self._init_target(t, group)
+            trained = t.quantizer.init_(t.state["latent"])  # TTQ: [W_p, W_n]
+            scales += [(f"{t.name}.{k}", s) for k, s in zip(("wp", "wn"), trained, strict=False)]
+            self._requantize(t, prev=None)
+            self.targets.append(t)
+            self.state[t.param] = t.state
+            known.add(t.name)
+        if scales:  # trained scales (TTQ): a param group of their own, without weight decay
+            named = "param_names" in self.base.param_groups[0]
+            self.base.add_param_group({"params": scales if named else [s for _, s in scales],
+                                       "weight_decay": 0.0})
 
     def _base_beta2(self) -> float:
         betas = self.base.defaults.get("betas")
         return float(betas[1]) if betas is not None else 0.999
 
-    def _adam_v_is_ours(self) -> bool:
+    def _base_group(self, p: torch.Tensor) -> dict[str, Any] | None:
+        return next((g for g in self.base.param_groups if any(p is q for q in g["params"])), None)
+
+    def _adam_v_is_ours(self, group: dict[str, Any]) -> bool:
+        """Whether Adam's ``exp_avg_sq`` of this group's weights is our v (then it is shared)."""
         if type(self.base) not in (torch.optim.Adam, torch.optim.AdamW):
             return False
-        ids = {id(t.param) for t in self.targets}
-        for group in self.base.param_groups:
-            if not ids.intersection(map(id, group["params"])):
-                continue
-            decoupled = type(self.base) is torch.optim.AdamW or group.get("decoupled_weight_decay")
-            if (group.get("amsgrad") or group.get("maximize") or group["betas"][1] != self.beta2
-                    or (group["weight_decay"] != 0 and not decoupled)):
-                return False
-        return True
+        decoupled = type(self.base) is torch.optim.AdamW or group.get("decoupled_weight_decay")
+        return not (group.get("amsgrad") or group.get("maximize") or group["betas"][1] != self.beta2
+                    or (group["weight_decay"] != 0 and not decoupled))
 
     @torch.no_grad()
-    def _init_target(self, t: QuantTarget) -> None:
-        p = t.param
-        latent = p.detach().clone()
-        t.state["latent"] = latent
-        if not self._shared_v and t.spec.method.curvature:
-            t.state["v"] = torch.zeros_like(latent, dtype=torch.float32)
-        if t.spec.method.weights == "ttq":
-            # W_p and W_n start at 1.0, as in the TTQ authors' code; their gradients come from
-            # `_ttq_grads` and the base optimizer updates them (a param group of their own).
-            groups = {"tensor": (), "channel": (latent.shape[0],), "gate": (t.gates,)}
-            shape = groups[t.granularity]
-            t.state["wp"] = torch.nn.Parameter(torch.ones(shape, device=latent.device))
-            t.state["wn"] = torch.nn.Parameter(torch.ones(shape, device=latent.device))
-            self._ttq_scales += [t.state["wp"], t.state["wn"]]
-        w_hat, alpha = self._quantize(t, latent)
-        t.state["alpha"] = alpha
-        p.data = w_hat
+    def _init_target(self, t: QuantTarget, group: dict[str, Any]) -> None:
+        t.state["latent"] = t.param.detach().clone()
+        shared = self.curvature_mode == "auto" and self._adam_v_is_ours(group)
+        if t.spec.method.curvature and not shared:
+            t.state["v"] = torch.zeros_like(t.state["latent"], dtype=torch.float32)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer; its weights are quantized if it names a ``method``
+        (`GROUP_KEYS`)."""
+        self.base.add_param_group(param_group)
+        self._add_targets(self._group_targets(self.base.param_groups[-1], len(self.targets)))
+        if self.fused:
+            self._check_fusable()
 
     # --- the proximal step ----------------------------------------------------------------
     def _v(self, t: QuantTarget) -> torch.Tensor | None:
         """The previous step's second moment v behind d (None if the method is not loss-aware)."""
         if not t.spec.method.curvature:
             return None
-        if self._shared_v:
-            v = self.base.state.get(t.param, {}).get("exp_avg_sq")
-            if v is None:  # before the first step v = 0, so d = 1e-8 everywhere
-                return torch.zeros_like(t.state["latent"], dtype=torch.float32)
-            return v
-        return t.state["v"]
-
-    def _ttq_delta(self, view: torch.Tensor, gran: str) -> torch.Tensor:
-        if gran == "channel":
-            return self.ttq_threshold * view.abs().amax(dim=tuple(range(1, view.dim())), keepdim=True)
-        return self.ttq_threshold * view.abs().max()
-
-    def _quantize(self, t: QuantTarget, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clip the latent weight to [-1, 1] in place; return w_hat and its scale (shape () or
-        (groups,))."""
-        m = t.spec.method
-        view, gran = t.grouped(latent)
-        if m.weights == "sign":
-            return self._sign(latent, torch.ones((), device=latent.device)), torch.ones(())
-        v = self._v(t)
-        v_view = None if v is None else t.grouped(v)[0]
-        if m.weights == "binary" and m.fixed_scale:
-            if "fixed_alpha" not in t.state:  # set at the first step, then frozen
-                if self.fixed_scale is not None:
-                    fan_in = math.prod(latent.shape[1:])  # alpha * sqrt(n) = fixed_scale
-                    groups = () if gran == "tensor" else (view.shape[0],)
-                    t.state["fixed_alpha"] = torch.full(
-                        groups, self.fixed_scale / math.sqrt(fan_in), dtype=latent.dtype,
-                        device=latent.device)
-                else:  # the first step's BWN scale
-                    t.state["fixed_alpha"] = self._binarize(view, None, gran,
-                                                            self._binarize_backend)[1]
-            alpha = t.state["fixed_alpha"]
-            shape = (-1,) + (1,) * (view.dim() - 1) if gran == "channel" else ()
-            return self._sign(view, alpha.reshape(shape)).reshape(latent.shape), alpha
-        if m.weights == "binary":
-            w_hat, alpha = self._binarize(view, v_view, gran, self._binarize_backend)
-            return w_hat.reshape(latent.shape), alpha
-        latent.clamp_(-1, 1)
-        d_view = None if v_view is None else v_view.sqrt() + EPS_D
-        prev = t.param.detach() if "alpha" in t.state else None  # warm start from last w_hat
-        prev_view = None if prev is None else t.grouped(prev)[0]
-        if m.weights == "ternary":  # with compile: each alternation pass (approx) compiled
-            w_hat, alpha, _ = prox_ternary(view, d_view, solver=m.solver, granularity=gran,
-                                           init=prev_view, backend=self.backend,
-                                           compile=self.compiled)
-        elif m.weights == "mbit":
-            w_hat, alpha = prox_mbit(view, d_view, bits=t.spec.bits, levels=t.spec.levels,
-                                     granularity=gran, init=prev_view, backend=self.backend,
-                                     compile=self.compiled)
-        elif m.weights == "ttq":
-            delta = self._ttq_delta(view, gran)
-            shape = (-1,) + (1,) * (view.dim() - 1) if gran == "channel" else ()
-            wp, wn = t.state["wp"].detach().reshape(shape), t.state["wn"].detach().reshape(shape)
-            w_hat = torch.where(view > delta, wp, torch.where(view < -delta, -wn, 0.0))
-            w_hat = w_hat.to(view.dtype)
-            alpha = (t.state["wp"].detach() + t.state["wn"].detach()) / 2
-        else:
-            raise AssertionError(f"unhandled weight kind {m.weights!r}")
-        return w_hat.reshape(latent.shape), alpha
+        if "v" in t.state:
+            return t.state["v"]
+        v = self.base.state.get(t.param, {}).get("exp_avg_sq")
+        if v is None:  # before the first step v = 0, so d = 1e-8 everywhere
+            return torch.zeros_like(t.state["latent"], dtype=torch.float32)
+        return v
 
     @torch.no_grad()
-    def _ttq_grads(self, t: QuantTarget) -> None:
-        """TTQ's gradients: dL/dW_p = sum_{w>delta} g, dL/dW_n = -sum_{w<-delta} g; the latent
-        gets W_p*g above delta, g inside, W_n*g below (algorithms.md section 3.5)."""
-        g = t.param.grad
-        view, gran = t.grouped(t.state["latent"])
-        g_view = t.grouped(g)[0]
-        delta = self._ttq_delta(view, gran)
-        pos, neg = view > delta, view < -delta
-        dims = tuple(range(1, view.dim())) if gran == "channel" else None
-        wp, wn = t.state["wp"], t.state["wn"]
-        wp.grad = (g_view * pos).sum(dim=dims).float().reshape(wp.shape)
-        wn.grad = -(g_view * neg).sum(dim=dims).float().reshape(wn.shape)
-        shape = (-1,) + (1,) * (view.dim() - 1) if gran == "channel" else ()
-        scale = torch.where(pos, wp.detach().reshape(shape),
-                            torch.where(neg, wn.detach().reshape(shape), 1.0))
-        g.copy_((g_view * scale).reshape(g.shape))
+    def _requantize(self, t: QuantTarget, prev: torch.Tensor | None) -> None:
+        """w_hat and alpha from the latent (clipped in place), into the parameter and state."""
+        w_hat, alpha = t.quantizer.prox_(t.state["latent"], self._v(t), prev)
+        t.state["alpha"] = alpha
+        t.param.data = w_hat
 
     @torch.no_grad()
     def step(self, closure: Any = None, *, track_flips: bool = False) -> Any:
@@ -341,29 +342,32 @@ class QuantOptimizer:
         for t in self.targets:
             p = t.param
             if p.grad is not None:
-                if t.spec.method.weights == "ttq":
-                    self._ttq_grads(t)
+                t.quantizer.grad_(p.grad, t.state["latent"])
                 if "v" in t.state:  # own EMA of g^2, the same ops as Adam's exp_avg_sq
                     t.state["v"].mul_(self.beta2).addcmul_(p.grad, p.grad, value=1 - self.beta2)
             old_hat[t.name] = p.data
             p.data = t.state["latent"]
         self.base.step()
-        for scale in self._ttq_scales:  # magnitudes: a negative one would swap the codes' signs
-            scale.data.clamp_(min=0)
-        self.last_flips: dict[str, float] = {}
+        for t in self.targets:  # magnitudes: a negative one would swap the codes' signs
+            for key in ("wp", "wn"):
+                if key in t.state:
+                    t.state[key].data.clamp_(min=0)
+        self.last_flips = {}
         for t in self.targets:
             p = t.param
-            latent = p.data
-            p.data = old_hat[t.name]  # so `_quantize` can warm-start from the last w_hat
-            w_hat, alpha = self._quantize(t, latent)
+            t.state["latent"] = p.data
+            old_alpha = t.state["alpha"]
+            self._requantize(t, prev=old_hat[t.name])  # warm-started from the last w_hat
             if track_flips:
-                self.last_flips[t.name] = self._changed_fraction(t, p.data, t.state["alpha"],
-                                                                  w_hat, alpha)
-            t.state["latent"], t.state["alpha"] = latent, alpha
-            p.data = w_hat
+                self.last_flips[t.name] = self._flip_ratio(t, old_hat[t.name], old_alpha,
+                                                           p.data, t.state["alpha"])
         return loss
 
     # --- the fused step (Adam + binary methods) -------------------------------------------
+    def _fused_backend(self) -> str:
+        """The backend of `kernels.fused_adam_lab_step_` (the one place that chooses it)."""
+        return self.backend
+
     def _check_fusable(self) -> None:
         """Raise ValueError unless `kernels.fused_adam_lab_step_` can do every quantized step."""
         if type(self.base) is not torch.optim.Adam:
@@ -380,12 +384,13 @@ class QuantOptimizer:
             if group["weight_decay"] != 0:
                 raise ValueError(f"fused=True needs weight_decay=0, got {group['weight_decay']} "
                                  f"(param group {i})")
-        if not self._shared_v:
-            raise ValueError("fused=True needs curvature='auto' with v shared with Adam's exp_avg_sq "
-                             f"(same beta2, {self.beta2})")
+        for t in self.targets:
+            if "v" in t.state:
+                raise ValueError("fused=True needs curvature='auto' with v shared with Adam's "
+                                 f"exp_avg_sq (same beta2, {self.beta2})")
         for t in self.targets:
             m = t.spec.method
-            if m.weights != "binary" or m.fixed_scale:
+            if not t.quantizer.two_level or not t.quantizer.scaled or m.fixed_scale:
                 raise ValueError(f"fused=True supports binary methods with a learned scale (lab, bwn, "
                                  f"xnor, lab2), got {m.name!r} for {t.name!r}")
             if t.param.dtype != torch.float32 or not t.param.is_contiguous():
@@ -442,56 +447,47 @@ class QuantOptimizer:
                 [v[4][0] for v in views], steps=[float(s["step"]) for s in states],
                 lr=float(group["lr"]), beta1=group["betas"][0], beta2=group["betas"][1],
                 eps=group["eps"], granularity=[v[1][1] for v in views], curvature=curvature,
-                backend=self.backend)
+                backend=self._fused_backend())
             for t, w_hat, alpha in zip(batch, w_hats, alphas, strict=True):
                 w_hat = w_hat.reshape(t.param.shape)
                 if track_flips:
-                    self.last_flips[t.name] = self._changed_fraction(t, t.param.data,
-                                                                      t.state["alpha"], w_hat, alpha)
+                    self.last_flips[t.name] = self._flip_ratio(t, t.param.data, t.state["alpha"],
+                                                               w_hat, alpha)
                 t.state["alpha"] = alpha
                 t.param.data = w_hat
         return loss
 
     @staticmethod
-    def _changed_fraction(t: QuantTarget, old: torch.Tensor, old_alpha: torch.Tensor,
-                          new: torch.Tensor, new_alpha: torch.Tensor) -> float:
+    def _flip_ratio(t: QuantTarget, old: torch.Tensor, old_alpha: torch.Tensor,
+                    new: torch.Tensor, new_alpha: torch.Tensor) -> float:
         """Fraction of weights whose quantized level (not just value: scales move) changed."""
         if old.numel() == 0:
             return 0.0
-        if t.spec.method.weights == "mbit":  # level index k * w_hat / alpha, per group
-            k = 2 ** (t.spec.bits - 1) - 1
-            codes = []
-            for w, alpha in ((old, old_alpha), (new, new_alpha)):
-                view, gran = t.grouped(w)
-                shape = (-1,) + (1,) * (view.dim() - 1) if gran == "channel" else ()
-                codes.append(torch.round(view / alpha.reshape(shape).clamp_min(1e-30) * k))
-            changed = codes[0] != codes[1]
-        elif t.spec.method.weights in ("sign", "binary"):
-            changed = (old >= 0) != (new >= 0)
-        else:  # ternary codes -1, 0, +1
-            changed = torch.sign(old) != torch.sign(new)
-        return changed.float().mean().item()
+        q = t.quantizer
+        return (q.codes(old, old_alpha) != q.codes(new, new_alpha)).float().mean().item()
 
-    # --- introspection and plumbing -------------------------------------------------------
+    # --- introspection --------------------------------------------------------------------
     def alphas(self) -> dict[str, float]:
         """Mean scale per quantized weight (1.0 for unscaled ``sign`` weights)."""
         return {t.name: float(t.state["alpha"].float().mean()) for t in self.targets}
 
-    def latent(self, name: str) -> torch.Tensor:
-        """The full-precision latent weight of a quantized parameter, by name."""
+    def target(self, name: str) -> QuantTarget:
+        """A quantized weight's record (spec, granularity, quantizer, state), by name."""
         for t in self.targets:
             if t.name == name:
-                return t.state["latent"]
+                return t
         raise KeyError(f"no quantized weight named {name!r}; have {[t.name for t in self.targets]}")
+
+    def latent(self, name: str) -> torch.Tensor:
+        """The full-precision latent weight of a quantized parameter, by name."""
+        return self.target(name).state["latent"]
 
     def curvature(self, name: str) -> torch.Tensor | None:
         """The second-moment estimate v behind d for a weight (None if it is not loss-aware)."""
-        t = next(t for t in self.targets if t.name == name)
+        t = self.target(name)
         if not t.spec.method.curvature:
             return None
-        if self._shared_v:
-            return self.base.state.get(t.param, {}).get("exp_avg_sq")
-        return t.state["v"]
+        return t.state["v"] if "v" in t.state else self.base.state.get(t.param, {}).get("exp_avg_sq")
 
     def state_nbytes(self) -> int:
         """Bytes held by this optimizer and its base: latents, v, scales, base state."""
@@ -504,28 +500,69 @@ class QuantOptimizer:
                          if isinstance(x, torch.Tensor))
         return total
 
+    # --- torch.optim.Optimizer plumbing ---------------------------------------------------
     @property
-    def param_groups(self) -> list[dict[str, Any]]:
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        """The base optimizer's groups (looked up each time: its load_state_dict replaces the
+        list), so LR schedulers and edits of ``lr`` reach the base."""
         return self.base.param_groups
 
+    @param_groups.setter
+    def param_groups(self, groups: list[dict[str, Any]]) -> None:
+        self.base.param_groups = groups
+
     def zero_grad(self, set_to_none: bool = True) -> None:
-        self.base.zero_grad(set_to_none=set_to_none)
-        for s in self._ttq_scales:
-            s.grad = None
+        self.base.zero_grad(set_to_none=set_to_none)  # TTQ's scales are in a base group too
+
+    def __getstate__(self) -> dict[str, Any]:  # pickle/deepcopy: all of it, the base included
+        return dict(self.__dict__)
 
     def state_dict(self) -> dict[str, Any]:
-        quant = {t.name: {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
-                          for k, v in t.state.items()} for t in self.targets}
-        return {"base": self.base.state_dict(), "quant": quant}
+        """``{"base": base.state_dict(), "quant": {name: state}}``.
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.base.load_state_dict(state["base"])
+        A quantized weight's state: ``latent``, ``alpha``, ``v`` (own curvature), the kind's
+        entries (``fixed_alpha``, TTQ's ``wp``/``wn``) and ``w_hat``, the parameter's current value
+        (the warm start of the next step). Tensors are references, as in torch's optimizers:
+        `torch.save` them or deep-copy; ``w_hat`` shares the parameter's storage, so saving it
+        beside the model's state_dict costs nothing.
+        """
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        quant = {t.name: {**{k: (v.detach() if isinstance(v, torch.Tensor) else v)
+                             for k, v in t.state.items()}, "w_hat": t.param.detach()}
+                 for t in self.targets}
+        state = {"base": self.base.state_dict(), "quant": quant}
+        for post in self._optimizer_state_dict_post_hooks.values():
+            state = post(self, state) or state
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore `state_dict` (tensors are copied): the next `step` continues bit for bit.
+
+        Raises:
+            ValueError: the saved quantized weights are not this optimizer's (names differ).
+        """
+        for pre in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = pre(self, state_dict) or state_dict
+        saved_names, names = set(state_dict["quant"]), {t.name for t in self.targets}
+        if saved_names != names:
+            raise ValueError(f"state_dict: saved quantized weights {sorted(saved_names)} differ from "
+                             f"this optimizer's {sorted(names)}")
+        self.base.load_state_dict(state_dict["base"])
         for t in self.targets:
-            saved = state["quant"][t.name]
+            saved = state_dict["quant"][t.name]
+            device = t.param.device
             for k, v in saved.items():
-                if isinstance(t.state.get(k), torch.nn.Parameter):
+                if k == "w_hat":
+                    continue
+                if isinstance(t.state.get(k), torch.nn.Parameter):  # the base trains this object
                     t.state[k].data.copy_(v)
                 else:
-                    t.state[k] = v.clone() if isinstance(v, torch.Tensor) else v
-            w_hat, _ = self._quantize(t, t.state["latent"])
-            t.param.data = w_hat
+                    t.state[k] = v.detach().clone().to(device) if isinstance(v, torch.Tensor) else v
+            if "w_hat" in saved:
+                t.param.data = saved["w_hat"].detach().clone().to(device, t.param.dtype)
+            else:  # a state_dict without it: recompute from the latent
+                self._requantize(t, prev=t.param.detach())
+        for post in self._optimizer_load_state_dict_post_hooks.values():
+            post(self)

@@ -157,7 +157,7 @@ def test_shared_curvature_reads_adam_state():
     model = tiny_mlp()
     opt = QuantOptimizer(weights(model), torch.optim.Adam(model.parameters(), weight_decay=0.1),
                          "lab")
-    assert not opt._shared_v
+    assert all("v" in opt.state[p] for _, p in weights(model))
 
 
 @pytest.mark.parametrize("method", [m for m, spec in METHODS.items()
@@ -200,7 +200,7 @@ def test_gate_granularity_is_tensor_granularity_per_gate_block():
     opt = QuantOptimizer([QuantTarget("w", w, LayerSpec(METHODS["lab"]), "gate", gates=4)], base,
                          curvature="own")
     opt.targets[0].state["v"].copy_(v)  # a known curvature, then requantize
-    w_hat, alpha = opt._quantize(opt.targets[0], opt.latent("w"))
+    w_hat, alpha = opt.targets[0].quantizer.prox_(opt.latent("w"), opt.curvature("w"), None)
     d = v.sqrt().add(1e-8).reshape(4, 3, 5)
     for g in range(4):
         a = (d[g] * blocks[g].abs()).sum() / d[g].sum()
@@ -225,7 +225,7 @@ def test_ttq_scale_gradients_match_autograd():
     lin.weight.grad = None
     (lin(x)).square().sum().backward()
     g = lin.weight.grad.clone()
-    opt._ttq_grads(t)
+    t.quantizer.grad_(lin.weight.grad, t.state["latent"])
     torch.testing.assert_close(t.state["wp"].grad, wp.grad)
     torch.testing.assert_close(t.state["wn"].grad, wn.grad)
     expected = torch.where(latent > delta, wp.detach() * g,
@@ -255,7 +255,7 @@ def test_state_dict_resumes_the_same_trajectory():
 def test_compiled_binary_step_matches_eager():
     """`compile=True` fuses clip + binarize: the same signs exactly, scales to float32 rounding
     (the fused reduction sums in another order)."""
-    from bench.optim import clip_and_binarize, clip_and_sign
+    from bench.quantizers import clip_and_binarize, clip_and_sign
 
     fused_binarize = torch.compile(clip_and_binarize, dynamic=True)
     fused_sign = torch.compile(clip_and_sign, dynamic=True)
@@ -321,7 +321,7 @@ def test_compile_refuses_handwritten_triton_kernels():
 
 def test_a_failed_compile_falls_back_to_the_eager_step(caplog, monkeypatch):
     """No C++ compiler (or an unsupported GPU) must not stop a run: the step runs eagerly."""
-    from bench.optim import clip_and_binarize
+    from bench.quantizers import clip_and_binarize
     from kernels import _levels, compiled
 
     step = compiled(clip_and_binarize)  # as QuantOptimizer(compile=True) holds it
