@@ -77,7 +77,7 @@ def _launch(study: Path, root: Path, workers: int, *, run_fn: str | None = None)
     if run_fn:
         env["LABBENCH_RUN_FN"] = run_fn
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bench", "grid", str(study), "--root", str(root),
+    proc = subprocess.run([sys.executable, "-m", "labbench", "grid", str(study), "--root", str(root),
                            "--workers", str(workers), "--threads", "1", "--quiet"], env=env,
                           capture_output=True,
                           text=True)

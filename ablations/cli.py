@@ -1,10 +1,11 @@
-"""``labbench grid | studies | worker | status | retry-failed | repair | demo`` (registered in
-bench.cli).
+"""ablations' subcommands of `labbench`: ``grid``, ``studies``, ``worker``, ``status``,
+``retry-failed``, ``repair`` and ``demo``.
 
-Each entry point takes the arguments after the subcommand and returns the exit status: 0 done,
-1 a failure while running (a cell failed, a storage could not be reached), 2 bad input (the
-message ``error: ...`` names the file and key), 130 interrupted. Bad input is found before
-anything is created in the run root.
+`register` adds them to the command line that labbench/cli.py assembles. Each command returns
+its exit status: 0 done, 1 a failure while running (a cell failed, a storage could not be
+reached: `CommandFailed`); the errors `exit_statuses` names are bad input (exit 2, the message
+``error: ...`` names the file and key); interrupted is 130. Bad input is found before anything is
+created in the run root.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,40 +23,21 @@ from ablations.preflight import check_location, check_study
 from ablations.spec import StudyError, StudySpec, parse_study
 from ablations.storage import DEFAULT_ROOT, Heartbeat, Location, StorageError, masked, resolve_location
 
-__all__ = ["demo_main", "grid_main", "repair_main", "retry_failed_main", "status_main",
-           "studies_main", "worker_main"]
+__all__ = ["CommandFailed", "after_demo", "exit_statuses", "register"]
 
 DEMO_STUDY = Path(__file__).resolve().parent / "studies" / "demo.toml"
 
 
-class _Exit(Exception):
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
+class CommandFailed(Exception):
+    """A failure while running that is not the input's fault (a storage that cannot be reached):
+    exit status 1, with the message."""
 
 
-def _entry(fn: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser
-           ) -> Callable[[Sequence[str] | None], int]:
-    """Parse, run, and map errors to exit statuses (argparse's own errors exit 2 as well)."""
+def exit_statuses() -> dict[type[BaseException], int]:
+    """ablations' errors and the exit status each means; read by the `labbench` entry."""
+    from ablations.study import StudyConflict, StudyNotFound
 
-    def main(argv: Sequence[str] | None = None) -> int:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-        from ablations.study import StudyConflict, StudyNotFound
-
-        try:
-            return fn(args)
-        except (StudyError, StorageError, StudyNotFound, StudyConflict) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        except _Exit as err:
-            print(f"error: {err}", file=sys.stderr)
-            return err.code
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-
-    main.__doc__ = parser.description
-    return main
+    return {StudyError: 2, StorageError: 2, StudyNotFound: 2, StudyConflict: 2, CommandFailed: 1}
 
 
 def _where_args(p: argparse.ArgumentParser, *, launcher: bool = False) -> None:
@@ -82,7 +64,7 @@ def _load(args: argparse.Namespace) -> Any:
     except (StudyError, LookupError, ValueError):
         raise
     except Exception as err:  # a database that cannot be reached
-        raise _Exit(1, f"cannot open the Optuna storage {masked(location.storage_url)}: {err}") \
+        raise CommandFailed(f"cannot open the Optuna storage {masked(location.storage_url)}: {err}") \
             from None
 
 
@@ -92,8 +74,9 @@ def _positive(name: str, value: int | None, minimum: int = 1) -> None:
 
 
 # --- grid / demo -------------------------------------------------------------------------------
-def _grid_parser(prog: str, help_text: str, *, study_file: bool) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=help_text)
+def _grid_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str,
+                 description: str, *, study_file: bool) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help_text, description=description)
     if study_file:
         p.add_argument("study_file", metavar="STUDY.toml", help="the study file, or the name of a "
                        "shipped study (`labbench studies` lists them)")
@@ -144,7 +127,7 @@ def _run_study(spec: StudySpec, args: argparse.Namespace, *, where: bool = True)
     except (StudyError, LookupError, ValueError):
         raise
     except Exception as err:
-        raise _Exit(1, f"cannot create the study in {masked(location.storage_url)} / "
+        raise CommandFailed(f"cannot create the study in {masked(location.storage_url)} / "
                     f"{masked(location.tracking_uri or location.default_tracking_uri)}: {err}") \
             from None
     study = optuna_study(handle)
@@ -204,7 +187,7 @@ def after_demo(study_name: str, root: Path, tracking_uri: str, report: DemoRepor
     """What `labbench demo` does once its study is done: render its report, say where things are.
 
     ``report(study_name, root, tracking_uri)`` renders the analysis report; the top CLI
-    (bench.cli) passes analysis' one, since ablations does not import analysis (DESIGN.md).
+    (labbench/cli.py) passes analysis' one, since ablations does not import analysis (DESIGN.md).
     A report that fails leaves the recorded study as it is, says how to retry, and makes the
     exit status 1.
     """
@@ -299,39 +282,30 @@ def _retry_failed(args: argparse.Namespace) -> int:
     return code
 
 
-def _named_parser(prog: str, help_text: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=help_text)
+def _named_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str,
+                  description: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help_text, description=description)
     p.add_argument("study", metavar="STUDY_NAME", help="the study's name ([study].name)")
     _where_args(p)
     return p
 
 
-def _build() -> tuple[dict[str, Callable[[Sequence[str] | None], int]], argparse.ArgumentParser]:
-    grid = _grid_parser("labbench grid", "Create (or resume) a study and run it with local "
-                        "workers, with a progress bar.", study_file=True)
-    demo = _grid_parser("labbench demo", f"Run the demo study ({DEMO_STUDY.name}: fp, bc, bwn, "
-                        "lab x 2 seeds, a small LSTM on the Python standard library; 2-3 minutes "
-                        "on 2 cores), then render its report.", study_file=False)
-    worker = _named_parser("labbench worker", "Join a study and run its cells until none is left "
-                           "(from any machine that reaches its storage and tracking server).")
-    worker.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
-    worker.add_argument("--in-process", action="store_true",
-                        help="run trials in this process instead of a forked one (debugging)")
-    worker.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
-    worker.add_argument("--quiet", action="store_true", help="log warnings only")
-    status = _named_parser("labbench status", "Cells done, running, queued and failed.")
-    repair = _named_parser("labbench repair", "Fail trials whose worker is gone (their MLflow "
-                           "runs too) and queue their cells again.")
-    repair.add_argument("--force", action="store_true", help="treat every running trial as "
-                        "stale (when no worker of the study is running anywhere)")
-    repair.add_argument("--stale-after", type=float, metavar="SECONDS", help="also treat trials "
-                        "running longer than this as stale, on any host")
-    repair.add_argument("--dry-run", action="store_true", help="only list the stale trials")
-    retry = _named_parser("labbench retry-failed", "Queue the failed cells again and run them.")
-    retry.add_argument("--workers", type=int, default=1, help="local workers (0: only queue them)")
-    retry.add_argument("--threads", type=int, help="torch threads per worker")
-    retry.add_argument("--quiet", action="store_true", help="no progress bar")
-    studies = argparse.ArgumentParser(prog="labbench studies", description=(
+def register(subparsers: argparse._SubParsersAction, *, demo_report: DemoReport | None = None
+             ) -> None:
+    """Add ablations' subcommands to ``labbench``.
+
+    Each sets ``command(args) -> exit status`` and ``exit_statuses``; the ``labbench`` entry
+    (labbench/cli.py) parses, calls it and maps errors to exit statuses. ``demo_report(study,
+    root, tracking_uri)`` renders the demo study's report once it is done (the entry passes
+    analysis' one; ablations does not import analysis).
+    """
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {}
+    _grid_parser(subparsers, "grid", "create or resume a study and run it with local workers",
+                 "Create (or resume) a study and run it with local workers, with a progress bar.",
+                 study_file=True)
+    commands["grid"] = _grid
+    studies = subparsers.add_parser("studies", help="the shipped study files: size and "
+                                    "estimated cost", description=(
         "The shipped study files (ablations/studies/): cells x seeds, runs, training steps, and "
         "the training cost estimated on this machine from one timed step per cell (docs/harness.md, "
         "'Shipped studies'). Run one by name: labbench grid NAME."))
@@ -339,22 +313,38 @@ def _build() -> tuple[dict[str, Callable[[Sequence[str] | None], int]], argparse
     studies.add_argument("--no-probe", action="store_true", help="sizes only: time nothing")
     studies.add_argument("--workers", type=int, default=2, help="workers the wall time assumes (2)")
     studies.add_argument("--json", action="store_true", help="print the rows as JSON")
-    return {"grid": _entry(_grid, grid), "studies": _entry(_studies, studies),
-            "worker": _entry(_worker, worker), "status": _entry(_status, status),
-            "repair": _entry(_repair, repair), "retry-failed": _entry(_retry_failed, retry)}, demo
-
-
-_MAINS, _DEMO_PARSER = _build()
-grid_main = _MAINS["grid"]
-studies_main = _MAINS["studies"]
-
-
-def demo_main(argv: Sequence[str] | None = None, *, report: DemoReport | None = None) -> int:
-    """``labbench demo``: run the demo study, then ``report(study, root, tracking_uri)`` if given."""
-    return _entry(functools.partial(_demo, report=report), _DEMO_PARSER)(argv)
-
-
-worker_main = _MAINS["worker"]
-status_main = _MAINS["status"]
-repair_main = _MAINS["repair"]
-retry_failed_main = _MAINS["retry-failed"]
+    commands["studies"] = _studies
+    worker = _named_parser(subparsers, "worker", "join a running study (from any machine)",
+                           "Join a study and run its cells until none is left (from any machine "
+                           "that reaches its storage and tracking server).")
+    worker.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
+    worker.add_argument("--in-process", action="store_true",
+                        help="run trials in this process instead of a forked one (debugging)")
+    worker.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
+    worker.add_argument("--quiet", action="store_true", help="log warnings only")
+    commands["worker"] = _worker
+    _named_parser(subparsers, "status", "a study's cells: done, running, queued, failed",
+                  "Cells done, running, queued and failed.")
+    commands["status"] = _status
+    retry = _named_parser(subparsers, "retry-failed", "queue a study's failed cells again",
+                          "Queue the failed cells again and run them.")
+    retry.add_argument("--workers", type=int, default=1, help="local workers (0: only queue them)")
+    retry.add_argument("--threads", type=int, help="torch threads per worker")
+    retry.add_argument("--quiet", action="store_true", help="no progress bar")
+    commands["retry-failed"] = _retry_failed
+    repair = _named_parser(subparsers, "repair", "fail trials whose worker is gone; queue them "
+                           "again", "Fail trials whose worker is gone (their MLflow runs too) and "
+                           "queue their cells again.")
+    repair.add_argument("--force", action="store_true", help="treat every running trial as "
+                        "stale (when no worker of the study is running anywhere)")
+    repair.add_argument("--stale-after", type=float, metavar="SECONDS", help="also treat trials "
+                        "running longer than this as stale, on any host")
+    repair.add_argument("--dry-run", action="store_true", help="only list the stale trials")
+    commands["repair"] = _repair
+    _grid_parser(subparsers, "demo", "a small real study on the Python stdlib, then its report",
+                 f"Run the demo study ({DEMO_STUDY.name}: fp, bc, bwn, lab x 2 seeds, a small "
+                 "LSTM on the Python standard library; 2-3 minutes on 2 cores), then render its "
+                 "report.", study_file=False)
+    commands["demo"] = functools.partial(_demo, report=demo_report)
+    for name, command in commands.items():
+        subparsers.choices[name].set_defaults(command=command, exit_statuses=exit_statuses)

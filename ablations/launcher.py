@@ -1,6 +1,6 @@
 """The launcher: start N local worker processes for a study and watch them with a progress bar.
 
-Workers are ``python -m bench worker NAME`` subprocesses (each with ``max(1, cores // N)`` torch
+Workers are ``python -m labbench worker NAME`` subprocesses (each with ``max(1, cores // N)`` torch
 threads), in their own session so that Ctrl-C reaches the launcher only; the launcher forwards one
 SIGINT to each (they end their runs and record them as interrupted), and a second Ctrl-C kills
 them. A worker that dies otherwise (killed, out of memory) has its trial failed and re-queued here,
@@ -41,7 +41,7 @@ class _Worker:
 
 def worker_command(handle: StudyHandle, *, threads: int | None = None) -> list[str]:
     """The command line of one worker (the storage URL travels in ``$LABBENCH_STORAGE``)."""
-    cmd = [sys.executable, "-m", "bench", "worker", handle.name, "--die-with-parent"]
+    cmd = [sys.executable, "-m", "labbench", "worker", handle.name, "--die-with-parent"]
     if threads:
         cmd += ["--threads", str(threads)]
     if handle.location.tracking_uri:

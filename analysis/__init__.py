@@ -11,37 +11,47 @@ Example (needs a recorded study, so not run as a doctest)::
     build_report("bc-degradation", uri, "out/")
 """
 
-from analysis._diagnostic_plots import bptt_profile_plot, raw_grad_norm_curves, spectral_whole_curves
-from analysis._evidence import bptt_growth_table, divergence_table, floor_table
-from analysis._sources import combine_studies
-from analysis.archive import export_study, load_archive
-from analysis.plots import (
-    alpha_trajectories,
-    degradation_heatmap,
-    grad_norm_curves,
-    learning_curves,
-    pareto_plot,
-    point_plot,
-    save_figure,
-    spectral_norm_curves,
-)
-from analysis.report import ReportFiles, build_report, render_report
-from analysis.runs import (
-    ID_COLUMNS,
-    load_bptt_profiles,
-    load_curves,
-    load_runs,
-    metric_names,
-    missing_cells,
-)
-from analysis.stats import (
-    degradation,
-    factor_effects,
-    holm_adjust,
-    mean_ci,
-    paired_bootstrap,
-    pareto_mask,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Each public name and the module that defines it, imported on first use: the command line
+# (labbench/cli.py) imports analysis.cli, which must not pay for pandas, MLflow and seaborn.
+_LAZY = {
+    "bptt_profile_plot": "analysis._diagnostic_plots",
+    "raw_grad_norm_curves": "analysis._diagnostic_plots",
+    "spectral_whole_curves": "analysis._diagnostic_plots",
+    "bptt_growth_table": "analysis._evidence",
+    "divergence_table": "analysis._evidence",
+    "floor_table": "analysis._evidence",
+    "combine_studies": "analysis._sources",
+    "export_study": "analysis.archive",
+    "load_archive": "analysis.archive",
+    "alpha_trajectories": "analysis.plots",
+    "degradation_heatmap": "analysis.plots",
+    "grad_norm_curves": "analysis.plots",
+    "learning_curves": "analysis.plots",
+    "pareto_plot": "analysis.plots",
+    "point_plot": "analysis.plots",
+    "save_figure": "analysis.plots",
+    "spectral_norm_curves": "analysis.plots",
+    "ReportFiles": "analysis.report",
+    "build_report": "analysis.report",
+    "render_report": "analysis.report",
+    "ID_COLUMNS": "analysis.runs",
+    "load_bptt_profiles": "analysis.runs",
+    "load_curves": "analysis.runs",
+    "load_runs": "analysis.runs",
+    "metric_names": "analysis.runs",
+    "missing_cells": "analysis.runs",
+    "degradation": "analysis.stats",
+    "factor_effects": "analysis.stats",
+    "holm_adjust": "analysis.stats",
+    "mean_ci": "analysis.stats",
+    "paired_bootstrap": "analysis.stats",
+    "pareto_mask": "analysis.stats",
+}
 
 __all__ = [
     "ID_COLUMNS",
@@ -77,3 +87,15 @@ __all__ = [
     "spectral_norm_curves",
     "spectral_whole_curves",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -1,28 +1,26 @@
-"""The `labbench` command line.
+"""bench's subcommands of `labbench`: ``run``, ``speed`` and ``kernels-bench``.
 
-Subcommands import their packages lazily, so `labbench run` does not pay for the harness or the
-analysis stack. Exit status: 0 done, 2 bad input (a message ``error: ...`` naming the field or
-file), 1 a failure while running.
+`register` adds them to the command line that labbench/cli.py assembles; each command returns
+its exit status and raises the errors `exit_statuses` names for bad input (exit 2, the message
+``error: ...`` naming the field or file). A command imports what it runs on first use, so
+``labbench --help`` pays for none of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from bench.config import FIELD_HELP, ConfigError, ConfigErrors, RunConfig
 
-__all__ = ["UsageError", "main"]
+__all__ = ["UsageError", "add_config_flags", "config_from_args", "exit_statuses", "register"]
 
 EXPERIMENT = "labbench-runs"
-VERBOSE_FLAGS = ("-v", "--verbose")
 
 
 class UsageError(Exception):
@@ -172,48 +170,26 @@ def cmd_speed(args: argparse.Namespace) -> int:
     return 0
 
 
-# Subcommands of the packages above bench: (module, function, help); imported on use.
-EXTERNAL: dict[str, tuple[str, str, str]] = {
-    "kernels-bench": ("kernels.bench", "main", "time the proximal-step kernels: eager, compile, Triton"),
-    "report": ("analysis.cli", "main", "statistics, figures and an HTML report of a study "
-               "(or several, or an archive: --from DIR)"),
-    "export": ("analysis.cli", "export_main", "a small archive of a study (CSV + JSON + manifest)"),
-    "findings": ("analysis.findings", "main", "render docs/findings.md, every number computed "
-                 "from the published archives"),
-    "studies": ("ablations.cli", "studies_main", "the shipped study files: size and estimated cost"),
-    "grid": ("ablations.cli", "grid_main", "create or resume a study and run it with local workers"),
-    "worker": ("ablations.cli", "worker_main", "join a running study (from any machine)"),
-    "status": ("ablations.cli", "status_main", "a study's cells: done, running, queued, failed"),
-    "retry-failed": ("ablations.cli", "retry_failed_main", "queue a study's failed cells again"),
-    "repair": ("ablations.cli", "repair_main", "fail trials whose worker is gone; queue them again"),
-    "demo": ("bench.cli", "demo_main", "a small real study on the Python stdlib, then its report"),
-}
+def cmd_kernels_bench(args: argparse.Namespace) -> int:
+    from kernels.bench import main as kernels_bench
+
+    return kernels_bench(args.rest)
 
 
-def demo_main(argv: Sequence[str] | None = None) -> int:
-    """``labbench demo``: the harness runs the demo study, then analysis renders its report.
+def exit_statuses() -> dict[type[BaseException], int]:
+    """bench's errors that are the user's to fix (exit 2); read by the `labbench` entry."""
+    from bench.data import DatasetNotFoundError
 
-    Joined here because the CLI sits on top of both packages (DESIGN.md: ablations does not
-    import analysis).
+    return {ConfigError: 2, UsageError: 2, DatasetNotFoundError: 2}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add bench's subcommands (``run``, ``speed``, ``kernels-bench``) to ``labbench``.
+
+    Each sets ``command(args) -> exit status`` and ``exit_statuses``; the ``labbench`` entry
+    (labbench/cli.py) parses, calls it and maps errors to exit statuses.
     """
-    from ablations.cli import demo_main as run_demo
-
-    def report(study: str, root: Path, tracking_uri: str) -> None:
-        from analysis.report import build_report
-
-        files = build_report(study, tracking_uri, Path(root) / "reports" / study)
-        print(f"report: {files.html}\n        {files.markdown}")
-
-    return run_demo(argv, report=report)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labbench", description=(
-        "Loss-aware binarization and quantization of neural networks: runs, studies, reports."))
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("run", help="one training run, recorded in MLflow")
+    p = subparsers.add_parser("run", help="one training run, recorded in MLflow")
     p.add_argument("--config", help="TOML or JSON file of RunConfig fields (flags override it)")
     p.add_argument("--root", default="labbench-runs", help="run root (default ./labbench-runs)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///ROOT/mlflow.db)")
@@ -222,9 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-record", action="store_true", help="do not record in MLflow")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(p)
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(command=cmd_run, exit_statuses=exit_statuses)
 
-    p = sub.add_parser("speed", help="median training-step time per method, ratio to fp")
+    p = subparsers.add_parser("speed", help="median training-step time per method, ratio to fp")
     p.add_argument("--methods", default="fp,bc,bwn,lab,lat,laq",
                    help="comma-separated methods (fp is added as the baseline)")
     p.add_argument("--timed-steps", type=int, default=20, help="timed steps per method")
@@ -235,37 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "gradient norms) for --method, a diagnostic step against a plain one")
     p.add_argument("--config", help="TOML or JSON file of RunConfig fields")
     add_config_flags(p)
-    p.set_defaults(func=cmd_speed)
+    p.set_defaults(command=cmd_speed, exit_statuses=exit_statuses)
 
-    for name, (module, func, help_text) in EXTERNAL.items():
-        p = sub.add_parser(name, help=help_text, add_help=False)
-        p.set_defaults(external=(module, func))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    verbose = args.verbose or any(a in VERBOSE_FLAGS for a in rest)  # -v after the subcommand
-    rest = [a for a in rest if a not in VERBOSE_FLAGS]
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    from bench.data import DatasetNotFoundError
-
-    try:
-        if hasattr(args, "external"):
-            module, func = args.external
-            target = getattr(__import__(module, fromlist=[func]), func)
-            return int(target(rest) or 0)
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return int(args.func(args) or 0)
-    except (ConfigError, UsageError, DatasetNotFoundError) as err:
-        for problem in getattr(err, "errors", [err]):  # every problem found, one line each
-            print(f"error: {problem}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
+    # kernels/bench.py parses its own flags (kernels imports nothing of ours): they pass through.
+    p = subparsers.add_parser("kernels-bench", add_help=False, help="time the proximal-step "
+                              "kernels: eager, compile, Triton (labbench kernels-bench --help)")
+    p.set_defaults(command=cmd_kernels_bench, exit_statuses=exit_statuses, pass_through=True)

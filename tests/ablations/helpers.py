@@ -70,15 +70,15 @@ def lab_env(**extra: str) -> dict[str, str]:
 
 def labbench(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
              cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``labbench ARGS`` (``python -m bench``) to completion."""
-    return subprocess.run([sys.executable, "-m", "bench", *args], env=env or lab_env(),
+    """Run ``labbench ARGS`` (``python -m labbench``) to completion."""
+    return subprocess.run([sys.executable, "-m", "labbench", *args], env=env or lab_env(),
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def cli(capsys: Any, *args: str) -> tuple[int, str, str]:
     """Run ``labbench ARGS`` in this process (its imports are paid for already); workers that a
     launcher starts are still processes of their own. Returns (status, stdout, stderr)."""
-    from bench.cli import main
+    from labbench.cli import main
 
     code = main(list(args))
     captured = capsys.readouterr()
@@ -88,7 +88,7 @@ def cli(capsys: Any, *args: str) -> tuple[int, str, str]:
 def start_labbench(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
                    log: Path | None = None) -> subprocess.Popen:
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen([sys.executable, "-m", "bench", *args], env=env or lab_env(),
+    return subprocess.Popen([sys.executable, "-m", "labbench", *args], env=env or lab_env(),
                             stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
 
 

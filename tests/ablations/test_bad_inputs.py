@@ -1,6 +1,6 @@
 """Every bad input exits 2 with a message naming the field or key, and creates nothing.
 
-Each case is run through the real command line (`bench.cli.main`, in this process) in an empty
+Each case is run through the real command line (`labbench.cli.main`, in this process) in an empty
 folder; the check is the exit status, the field the message names, and that the folder holds
 nothing but the inputs afterwards: no run root, no ``mlflow.db``, no journal, no FAILED run.
 A study file with several independent mistakes reports each of them (hypothesis draws them).
@@ -16,11 +16,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ablations.cli import _named_parser
 from ablations.preflight import StudyErrors
 from ablations.spec import StudyError, parse_study
 from ablations.storage import resolve_location, where_flags
 from bench.config import MAX_SEED
+from labbench.cli import build_parser
 from tests.ablations.helpers import TINY, cli, study_doc, to_toml, write_study
 
 TINY_FLAGS = ["--model", "mlp", "--hidden", "16", "--layers", "1", "--epochs", "1", "--steps",
@@ -177,7 +177,7 @@ def test_printed_hints_name_the_same_location(tmp_path):
     for storage, uri in ((None, None), (str(tmp_path / "other.journal"), "sqlite:////x/m.db")):
         loc = resolve_location(root=root, storage=storage, tracking_uri=uri)
         argv = shlex.split(f"labbench status s{where_flags(loc)}")[2:]
-        args = _named_parser("labbench status", "").parse_args(argv)
+        args = build_parser().parse_args(["status", *argv])
         again = resolve_location(root=args.root, storage=args.storage,
                                  tracking_uri=args.tracking_uri)
         assert again == loc

@@ -101,7 +101,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path, capsys, monkeypatch)
     path = write_study(tmp_path, doc)
     root = tmp_path / "runs"
     env = lab_env(LABBENCH_RUN_FN=SLOW, LABBENCH_TEST_SLEEP="20")
-    launcher = subprocess.Popen([sys.executable, "-m", "bench", "grid", str(path), "--root",
+    launcher = subprocess.Popen([sys.executable, "-m", "labbench", "grid", str(path), "--root",
                                  str(root), "--workers", "2", "--quiet"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     journal = str(root / "optuna.journal")

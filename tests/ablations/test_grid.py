@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from ablations.spec import parse_study
 from analysis import load_runs
-from bench.cli import main
+from labbench.cli import main
 from tests.ablations.helpers import (
     DATA,
     TINY,

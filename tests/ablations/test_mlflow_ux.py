@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from ablations.spec import spec_from_dict
 from ablations.tracking import cell_name, run_name
-from bench.cli import main
+from labbench.cli import main
 from tests.ablations.helpers import (
     REPO,
     TINY,

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ablations.cli import grid_main
 from ablations.spec import StudyError, parse_study, spec_from_dict
 from bench.config import RunConfig
+from labbench.cli import main
 from tests.ablations.helpers import TINY, study_doc, to_toml, write_study
 
 STUDIES = sorted((Path(__file__).resolve().parents[2] / "ablations" / "studies").glob("*.toml"))
@@ -169,7 +169,7 @@ def test_cli_exits_2_and_creates_nothing(tmp_path, capsys, change, key, words):
     change(doc)
     path = write_study(tmp_path, doc, "bad.toml")
     root = tmp_path / "runs"
-    assert grid_main([str(path), "--root", str(root), "--workers", "2"]) == 2
+    assert main(["grid", str(path), "--root", str(root), "--workers", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: {key}: ") and words in err
     assert not root.exists()
@@ -178,9 +178,9 @@ def test_cli_exits_2_and_creates_nothing(tmp_path, capsys, change, key, words):
 def test_cli_bad_options_exit_2(tmp_path, capsys):
     path = write_study(tmp_path, study_doc("good"))
     root = tmp_path / "runs"
-    assert grid_main([str(path), "--root", str(root), "--workers", "-1"]) == 2
-    assert grid_main([str(path), "--root", str(root), "--storage", "redis://x"]) == 2
-    assert grid_main([str(path), "--root", str(root), "--workers", "2",
+    assert main(["grid", str(path), "--root", str(root), "--workers", "-1"]) == 2
+    assert main(["grid", str(path), "--root", str(root), "--storage", "redis://x"]) == 2
+    assert main(["grid", str(path), "--root", str(root), "--workers", "2",
                       "--storage", f"sqlite:///{tmp_path}/o.db"]) == 2
     err = capsys.readouterr().err
     assert "--workers" in err and "redis" in err and "SQLite cannot serve several" in err

@@ -19,7 +19,7 @@ from analysis._sources import CombineError, combine_studies
 from analysis.archive import FORMAT, environment_summary, load_archive
 from analysis.report import build_report
 from analysis.runs import load_bptt_profiles
-from bench.cli import main
+from labbench.cli import main
 
 BOOT = 200
 

@@ -1,6 +1,6 @@
 """`labbench report` as a user runs it."""
 
-from bench.cli import main
+from labbench.cli import main
 
 
 def test_report_command_writes_the_report(complete_study, tmp_path, capsys):

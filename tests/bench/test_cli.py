@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bench.cli import main
+from labbench.cli import main
 
 TINY = ["--hidden", "32", "--layers", "1", "--epochs", "1", "--steps", "4", "--quiet"]
 
@@ -102,6 +102,6 @@ def test_speed_prints_ratios_to_fp(capsys):
 
 
 def test_console_script_exit_status():
-    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--method", "nope"],
+    proc = subprocess.run([sys.executable, "-m", "labbench", "run", "--method", "nope"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "error: method: unknown value 'nope'" in proc.stderr

@@ -1,0 +1,15 @@
+"""The `labbench` command line: the top of the stack, above kernels, bench, ablations and analysis.
+
+The library lives in those packages (``import bench``: `RunConfig`, `run`, `QuantOptimizer`;
+``import ablations``; ``import analysis``); this package only assembles their subcommands
+(labbench/cli.py) and is what ``labbench`` and ``python -m labbench`` run.
+"""
+
+__all__ = ["main"]
+
+
+def main(argv=None) -> int:
+    """``labbench ARGV``; returns the exit status (see labbench/cli.py)."""
+    from labbench.cli import main as cli_main
+
+    return cli_main(argv)
