@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bench.methods import METHODS, parse_layer_methods
+from bench.names import CHAR_DATASETS, IMAGE_DATASETS, MODELS, SEQUENCE_MODELS
 
 __all__ = [
     "CHAR_DATASETS",
@@ -51,11 +52,6 @@ class ConfigErrors(ConfigError):
         self.errors = list(errors)
 
 
-IMAGE_MODELS = ("mlp", "cnn", "resnet20", "resnet18")
-SEQUENCE_MODELS = ("lstm", "transformer")
-MODELS = IMAGE_MODELS + SEQUENCE_MODELS
-IMAGE_DATASETS = ("fashion-mnist", "mnist", "cifar10", "svhn")
-CHAR_DATASETS = ("pysrc", "linux")  # plus "text:PATH"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LOSSES = ("xent", "sq-hinge")
 GRANULARITIES = ("tensor", "channel", "gate")
