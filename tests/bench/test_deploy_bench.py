@@ -1,0 +1,79 @@
+"""labbench deploy-bench: the timing protocol, the file sizes and the command's output."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from bench import deploy_bench
+from bench.deploy_bench import VARIANTS, _parse_runs, quantize_int8, time_cell
+
+
+class FakeClock:
+    """Virtual time: each timed function advances it by its cost, the k-th repetition by a drift
+    that hits every variant of that repetition alike (what interleaving is for)."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.calls = 0
+
+    def __call__(self):
+        return self.now
+
+    def work(self, seconds):
+        def fn():
+            self.calls += 1
+            self.now += seconds * (1 + (self.calls // 200) % 3)  # slow phases: 1x, 2x, 3x
+        return fn
+
+
+def test_time_cell_medians_quartiles_and_ratios_on_a_fake_clock():
+    clock = FakeClock()
+    fns = {"fp32": clock.work(2e-3), "fast": clock.work(0.5e-3)}
+    cell = time_cell(fns, (), reps=9, target_ms=4.0, clock=clock)
+    assert cell["fp32"]["calls"] == 2 and cell["fast"]["calls"] == 8  # ~4 ms per sample
+    assert cell["fast"]["speedup"] == pytest.approx(4.0)  # per-repetition ratios see no drift
+    assert cell["fp32"]["speedup"] == 1.0
+    assert cell["fast"]["ms_q1"] <= cell["fast"]["ms"] <= cell["fast"]["ms_q3"]
+    assert {round(x, 9) for x in (cell["fp32"]["ms"], cell["fp32"]["ms_q1"])} <= {2.0, 4.0, 6.0}
+
+
+def test_int8_is_pytorchs_dynamic_quantization_and_close_to_fp32():
+    lin = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 5)).eval()
+    q = quantize_int8(lin)
+    assert q[0].weight().dtype == torch.qint8 and q[2].weight().dtype == torch.qint8
+    x = torch.randn(7, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), lin(x), rtol=0.05, atol=0.05)
+
+
+def test_run_arguments():
+    assert _parse_runs(["fp=a,lab=b", "2bit=c"]) == {"fp32": "a", "packed1": "b", "packed2": "c"}
+    with pytest.raises(ValueError, match="VARIANT=RUN_ID"):
+        _parse_runs(["bogus=a"])
+
+
+def test_lstm_cell_rows_sizes_and_outputs(tmp_path, capsys):
+    """A short run of the command: every variant timed, files sized from their tensors."""
+    code = deploy_bench.main(["--workloads", "lstm", "--batches", "1", "--threads", "1", "--reps", "2",
+                              "--target-ms", "1", "--backend", "torch", "--out", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| lstm | 1 | 1 | packed1 |" in out and "no trained runs given" in out
+    result = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) == set(VARIANTS)
+    assert all(r["ms"] > 0 and r["test_value"] is None for r in rows.values())
+    h, v = 512, deploy_bench.LSTM_VOCAB
+    head = 4 * (v * h + v)  # the softmax layer stays float32 in every file
+    tensors = {  # bytes of the tensors; the safetensors header adds a little JSON
+        "fp32": 4 * (4 * h * v + 4 * h * h + 4 * h) + head,
+        "packed1": 4 * h * (math.ceil(v / 8) + h // 8) + 2 * (4 * 4 * h + 4 * 2) + 4 * 4 * h + head,
+        "packed2": 4 * h * (math.ceil(v / 4) + h // 4) + 2 * (4 * 4 * h + 4 * 4) + 4 * 4 * h + head,
+    }
+    for variant, nbytes in tensors.items():
+        assert 0 < rows[variant]["file_bytes"] - nbytes < 16_384, variant
+    assert rows["fp32"]["file_bytes"] / rows["packed1"]["file_bytes"] == pytest.approx(
+        rows["packed1"]["size_ratio"])
+    assert (tmp_path / "results.md").read_text().startswith("# labbench deploy-bench")
