@@ -307,8 +307,8 @@ def register(subparsers: argparse._SubParsersAction, *, demo_report: DemoReport 
     studies = subparsers.add_parser("studies", help="the shipped study files: size and "
                                     "estimated cost", description=(
         "The shipped study files (ablations/studies/): cells x seeds, runs, training steps, and "
-        "the training cost estimated on this machine from one timed step per cell (docs/harness.md, "
-        "'Shipped studies'). Run one by name: labbench grid NAME."))
+        "the training cost estimated on this machine from one timed step per cell "
+        "(docs/harness.md, 'Shipped studies'). Run one by name: labbench grid NAME."))
     studies.add_argument("names", nargs="*", metavar="NAME", help="only these studies (default all)")
     studies.add_argument("--no-probe", action="store_true", help="sizes only: time nothing")
     studies.add_argument("--workers", type=int, default=2, help="workers the wall time assumes (2)")

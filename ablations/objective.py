@@ -225,7 +225,7 @@ class Objective:
     def _skip_duplicate(self, trial: Trial, seed: int) -> None:
         """Prune this trial when an earlier trial of the same cell and seed is running or done.
 
-        Concurrent workers can draw one cell twice at the grid's tail (harness.md 1.1); the
+        Concurrent workers can draw one cell twice at the grid's tail (docs/harness.md, "How it works"); the
         earlier trial wins, so every cell x seed runs once.
         """
         mine = {**trial.params, "seed": seed}

@@ -5,7 +5,7 @@ processes on one host, no heartbeat) and MLflow in ``sqlite:///<root>/mlflow.db`
 ``--storage postgresql+psycopg2://...`` (RDBStorage with a heartbeat: a trial whose worker stops
 beating is failed and re-queued automatically) and ``--tracking-uri http://host:5000`` (an
 ``mlflow server``). ``sqlite:///`` storage URLs work for one worker only (SQLite cannot hand out
-queued trials to several processes safely: harness.md 1.2).
+queued trials to several processes safely: docs/harness.md, "Several processes, several machines").
 
 Example:
     >>> loc = resolve_location(root="/tmp/runs", storage=None, tracking_uri=None)
@@ -331,7 +331,7 @@ def open_storage(location: Location, *, heartbeat: Heartbeat | None = None) -> A
     if location.storage_url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     if heartbeat is not None:
-        with warnings.catch_warnings():  # the heartbeat is experimental in Optuna 5 (harness.md 0)
+        with warnings.catch_warnings():  # the heartbeat is experimental in Optuna 5
             warnings.simplefilter("ignore")
             callback = RetryHeartbeatStaleTrialCallback(max_retry=heartbeat.max_retry)
             return RDBStorage(location.storage_url, heartbeat_interval=heartbeat.interval_s,

@@ -1,12 +1,13 @@
 """A study's records: the Optuna study and the MLflow experiment + parent run, made exactly once.
 
-`create_or_resume` (the launcher) creates the Optuna study, stores the resolved spec and the
-MLflow coordinates in its user attributes, and creates the experiment and the parent run: each
-exactly once, before any worker starts (two workers initialising a fresh MLflow database at the
-same moment can break it for good: harness.md 2.7). Launching the same study file again resumes
-it; launching a different spec under an existing name is refused. `load_handle` (workers,
-``status``, ``repair``) reads those attributes back and rebuilds the spec from them, so every
-worker runs the same grid in the same order (the GridSampler's cells depend on it).
+`create_or_resume` (the launcher) creates the Optuna study, stores the resolved spec and the MLflow
+coordinates in its user attributes, and creates the experiment and the parent run: each exactly
+once, before any worker starts (two workers initialising a fresh MLflow database at the same moment
+can break it for good: docs/harness.md, "Several processes, several machines"). Launching the same
+study file again resumes it; launching a different spec under an existing name is refused.
+`load_handle` (workers, ``status``, ``repair``) reads those attributes back and rebuilds the spec
+from them, so every worker runs the same grid in the same order (the GridSampler's cells depend on
+it).
 """
 
 from __future__ import annotations

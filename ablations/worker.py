@@ -108,7 +108,7 @@ def run_worker(handle: StudyHandle, *, threads: int | None = None, isolate: bool
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if not (running and handle.location.heartbeat_capable):
                 break
-            with warnings.catch_warnings():  # experimental API (harness.md 0)
+            with warnings.catch_warnings():  # an experimental API in Optuna 5
                 warnings.simplefilter("ignore")
                 optuna.storages.fail_stale_trials(study)
             if not has_work(study, spec):

@@ -97,7 +97,7 @@ FIELD_HELP: dict[str, str] = {
     "threads": "torch intra-op threads (default: torch's)",
 }
 
-# Per-model defaults, following the paper's setups (algorithms.md section 5.1) where it has one.
+# Per-model defaults, following the paper's setups (its section 4, and its code) where it has one.
 # Keys absent from a model's entry do not apply to that model and must be left unset.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     # 784FC-2048FC-2048FC-2048FC-10, batch 100, Adam lr 0.01 (MNIST setup)
@@ -127,7 +127,7 @@ _SCHEDULE_RE = re.compile(
     r"^(const|cosine|paper|step:\d+(,\d+)*:[0-9.eE+-]+|every:\d+:[0-9.eE+-]+"
     r"|exp:[0-9.eE+-]+(:\d+)?)$"
 )
-# The paper's learning-rate schedules (algorithms.md section 5.1), by dataset.
+# The paper's learning-rate schedules (its section 4, and its code), by dataset.
 PAPER_SCHEDULES = {
     "fashion-mnist": "step:15,25:0.1",
     "mnist": "step:15,25:0.1",

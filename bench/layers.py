@@ -110,7 +110,7 @@ class LSTM(nn.Module):
 
     Per step: g_t = x_t W_ih^T + h_{t-1} W_hh^T + b; c_t = f * c_{t-1} + i * tanh(c~);
     h_t = o * act(c_t) with act = tanh, or sign (lab2/bnn/xnor: the paper's LSTM binarizes only
-    this activation, algorithms.md section 1.7). Writing the loop by hand makes the paper's
+    this activation, as the reference code's LAB2 does). Writing the loop by hand makes the paper's
     clipping possible: with `gate_clip` = C the gradient into every g_t is clamped to [-C, C] at
     every time step (Lasagne's grad_clipping), before it flows to earlier steps and to the weights.
 
@@ -206,7 +206,7 @@ def quantizable_weights(model: nn.Module) -> list[Quantizable]:
 
 @torch.no_grad()
 def init_weights(model: nn.Module, quantized: set[str]) -> None:
-    """The reference code's initialisation (algorithms.md section 1.4).
+    """The reference code's initialisation (docs/algorithms.md, "The step").
 
     - Linear/Conv2d weights: Uniform(-H, H) with H = sqrt(1.5 / (fan_in + fan_out)) (half the
       Glorot bound) when the layer is quantized, Glorot-uniform sqrt(6 / (fan_in + fan_out))

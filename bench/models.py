@@ -55,7 +55,7 @@ class MLP(nn.Module):
 
 class CNN(nn.Module):
     """(2xK C3)-MP2-(2x2K C3)-MP2-(2x4K C3)-MP2-(2x hidden FC)-classes, each layer followed by
-    [max-pool] -> BN -> act (the paper's CIFAR-10/SVHN net, algorithms.md section 5.1)."""
+    [max-pool] -> BN -> act (the paper's CIFAR-10/SVHN net, its section 4)."""
 
     def __init__(self, in_shape: tuple[int, ...], classes: int, width: int, hidden: int, act: str):
         super().__init__()

@@ -1,7 +1,7 @@
 """`QuantOptimizer`: a `torch.optim.Optimizer` that wraps any torch optimizer and quantizes weights
 with a proximal step.
 
-The reference code's step (algorithms.md section 1.2), for every quantized weight W:
+The reference code's step (docs/algorithms.md, "The step"), for every quantized weight W:
 
 1. the forward pass uses w_hat = prox(W, d), with d = sqrt(v) + 1e-8 built from the *previous*
    step's second moment v (no bias correction: alpha is a ratio of d-weighted sums, so any scalar

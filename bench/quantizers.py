@@ -1,6 +1,6 @@
 """Quantizers: one class per weight kind, owning one weight's quantization state and its step.
 
-The shape of torchao's PARQ (STYLE.md 5): `kernels/` holds the pure proximal operators; a
+The shape of torchao's PARQ: `kernels/` holds the pure proximal operators; a
 `Quantizer` holds what one weight keeps between steps (its scale ``alpha``, bc-scaled's frozen
 scale, TTQ's trained W_p and W_n) and calls the operator; `bench.optim.QuantOptimizer` decides
 when, and for which parameters. The latent weight and the curvature v belong to the optimizer and
@@ -293,7 +293,8 @@ class MBit(Quantizer):
 
 class TTQ(Quantizer):
     """``ttq``: w_hat = W_p above delta, -W_n below -delta, 0 between, delta = t * max|W|, with
-    W_p and W_n trained by the base optimizer (algorithms.md section 3.5)."""
+    W_p and W_n trained by the base optimizer (Zhu et al., ICLR 2017;
+    docs/algorithms.md, "Deviations and choices")."""
 
     scales_per_group = 2
 

@@ -122,7 +122,7 @@ def alternate(b0: torch.Tensor, scale_of: Callable[[torch.Tensor], torch.Tensor]
     """Alternating minimization of sum d*(alpha*b - w)^2 over the scale and the levels, per group.
 
     One iteration is ``alpha = scale_of(b)`` then ``b = levels_of(alpha)``: the reference codes'
-    order (algorithms.md 3.2 and 3.4), so the result's b is the best pattern for its alpha. A group
+    order (LATa's and LAQ's), so the result's b is the best pattern for its alpha. A group
     stops once its alpha moved by less than ``tol`` in one iteration and is frozen from then on,
     so each row of a ``(G, n)`` problem follows exactly the iterates it would follow alone.
     ``max_iter`` counts scale updates including the first; the reference computes one scale

@@ -1,4 +1,5 @@
-"""m-bit proximal step: loss-aware quantization (LAQ, Hou & Kwok, ICLR 2018, algorithms.md 3.4).
+"""m-bit proximal step: loss-aware quantization (LAQ, Hou & Kwok, ICLR 2018;
+docs/algorithms.md, "Deviations and choices").
 
 ``w_hat = alpha * b`` with ``b`` on a symmetric grid of ``2k + 1`` levels, ``k = 2^(bits-1) - 1``:
 

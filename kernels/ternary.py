@@ -2,12 +2,13 @@
 
 All solvers return ``w_hat = alpha * I_delta(w)`` with I_delta(x) = +1 if x > delta, -1 if
 x < -delta, 0 otherwise (strict), and target ``min sum d*(w_hat - w)^2`` over ``alpha > 0`` and
-``b in {-1, 0, +1}^n`` (algorithms.md section 3):
+``b in {-1, 0, +1}^n`` (Hou & Kwok, ICLR 2018; how we depart from its code:
+docs/algorithms.md, "Deviations and choices"):
 
-- ``"exact"``: the global minimizer, from sorted candidates (LATe, section 3.1; see
+- ``"exact"``: the global minimizer, from sorted candidates (LATe; see
   `_exact_scale` for why the argmax over top-j supports is optimal and how it departs from the
   reference code);
-- ``"approx"``: alternating minimization over alpha and b (LATa, section 3.2);
+- ``"approx"``: alternating minimization over alpha and b (LATa);
 - ``"twn"``: Ternary Weight Networks' fixed threshold 0.7*mean|w| (Li & Liu 2016, section 3.5).
 """
 
@@ -54,7 +55,7 @@ def _exact_scale(w32: torch.Tensor, d32: torch.Tensor) -> torch.Tensor:
     is j*. The returned pattern I_{alpha/2}(w) is the best b for alpha_{j*}, so its objective is at
     most f_{j*}'s and hence optimal.
 
-    The reference code (algorithms.md 3.1, ``findalpha``) keeps only "valid" j < n, whose
+    The reference code (LATe's ``findalpha``) keeps only "valid" j < n, whose
     threshold c_j = alpha_j/2 lies strictly between the j-th and (j+1)-th largest |w|, and falls
     back to delta = 0.7*c_n when none is valid. It never considers j = n, and with tied |w| or a
     |w| exactly at c_j the strict test rejects the optimum; the fallback is not optimal (all |w|

@@ -1,4 +1,4 @@
-"""QuantOptimizer against the reference semantics (algorithms.md sections 1.2 and 7)."""
+"""QuantOptimizer against the reference semantics (docs/algorithms.md, "The step")."""
 
 import copy
 
@@ -50,7 +50,7 @@ def test_fp_is_the_base_optimizer_bit_for_bit(make):
 
 
 def reference_lab_trajectory(model, data, alpha_rule, steps_lr=1e-2):
-    """The recipe of algorithms.md section 7, written independently of QuantOptimizer:
+    """The reference code's step (docs/algorithms.md, "The step"), written independently of QuantOptimizer:
     a straight-through w_hat in the forward pass, Adam on W, clamp W to [-1, 1].
 
     The STE is written w_hat + (W - W.detach()): its value is w_hat exactly (W + (w_hat - W)

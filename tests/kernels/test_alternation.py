@@ -68,7 +68,7 @@ def test_ternary_approx_early_stop_reaches_the_fixed_point(shape, warm):
 
 
 def literal_mbit(w, d, bits, levels, g, init, max_iter, tol):
-    """The alternation as written in algorithms.md 3.4: store b, update alpha, requantize."""
+    """The alternation as written in LAQ's reference code: store b, update alpha, requantize."""
     w32, k = groups(w, g), 2 ** (bits - 1) - 1
     d32 = curvature(d, w32, g)
     peak = w32.abs().amax(dim=1)

@@ -46,7 +46,7 @@ def test_constant_curvature_is_bwn(problem, c):
 
 
 def test_first_lab_step_gives_mean_abs():
-    # At LAB's first step the second moment is 0, so d = 1e-8 everywhere (algorithms.md 1.2).
+    # At LAB's first step the second moment is 0, so d = 1e-8 everywhere (docs/algorithms.md, "The step").
     w, _ = random_problem((64, 33), seed=0, curvature=False)
     _, alpha = prox_binary(w, torch.full_like(w, 1e-8))
     assert float(alpha) == pytest.approx(float(w.double().abs().mean()), rel=SCALE_RTOL)

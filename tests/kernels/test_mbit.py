@@ -43,7 +43,7 @@ def signed_levels(bits: int, levels: str) -> tuple[float, ...]:
 
 
 def test_log_levels_use_arithmetic_midpoints_and_round_ties_up():
-    # bits = 3 (algorithms.md 3.4): |u| < 1/8 -> 0, [1/8, 3/8) -> 1/4, [3/8, 3/4) -> 1/2, else 1
+    # bits = 3 (LAQ's reference code): |u| < 1/8 -> 0, [1/8, 3/8) -> 1/4, [3/8, 3/4) -> 1/2, else 1
     u = torch.tensor([[0.0, 0.1249, 0.125, 0.3749, 0.375, 0.7499, 0.75, 1.0, 2.0, -0.125, -0.75]])
     want = torch.tensor([[0.0, 0.0, 0.25, 0.25, 0.5, 0.5, 1.0, 1.0, 1.0, -0.25, -1.0]])
     assert torch.equal(_quantize(u, 3, "log"), want)
