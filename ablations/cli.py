@@ -187,7 +187,7 @@ def after_demo(study_name: str, root: Path, tracking_uri: str, report: DemoRepor
     """What `labbench demo` does once its study is done: render its report, say where things are.
 
     ``report(study_name, root, tracking_uri)`` renders the analysis report; the top CLI
-    (labbench/cli.py) passes analysis' one, since ablations does not import analysis (DESIGN.md).
+    (labbench/cli.py) passes analysis' one, since ablations does not import analysis (README.md, "Layout").
     A report that fails leaves the recorded study as it is, says how to retry, and makes the
     exit status 1.
     """

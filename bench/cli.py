@@ -1,4 +1,5 @@
-"""bench's subcommands of `labbench`: ``run``, ``speed`` and ``kernels-bench``.
+"""bench's subcommands of `labbench`: ``run``, ``speed``, ``kernels-bench`` and ``deploy-bench``
+(and the model half of ``export``: `extend_export`).
 
 `register` adds them to the command line that labbench/cli.py assembles; each command returns
 its exit status and raises the errors `exit_statuses` names for bad input (exit 2, the message
@@ -18,7 +19,8 @@ from typing import Any
 
 from bench.config import FIELD_HELP, ConfigError, ConfigErrors, RunConfig
 
-__all__ = ["UsageError", "add_config_flags", "config_from_args", "exit_statuses", "register"]
+__all__ = ["UsageError", "add_config_flags", "config_from_args", "exit_statuses", "extend_export",
+           "register"]
 
 EXPERIMENT = "labbench-runs"
 
@@ -176,6 +178,51 @@ def cmd_kernels_bench(args: argparse.Namespace) -> int:
     return kernels_bench(args.rest)
 
 
+def cmd_deploy_bench(args: argparse.Namespace) -> int:
+    from bench.deploy_bench import main as deploy_bench
+
+    return deploy_bench(args.rest)
+
+
+def extend_export(export: argparse.ArgumentParser) -> None:
+    """Make ``labbench export`` (analysis': ``STUDY --out DIR``, a study's archive) also export a
+    run's model: ``labbench export RUN_ID|RUN_DIR|FILE --out model.safetensors [--tag best]``.
+    The argument decides (`bench.deploy.export_kind`); neither a run nor a study is exit 2."""
+    study_command, study_statuses = export.get_default("command"), export.get_default("exit_statuses")
+    export.add_argument("--tag", choices=("final", "best"), default="final",
+                        help="a run's model: the weights at the end (final) or at the best "
+                        "validation epoch (best, saved when it differs)")
+    for action in export._actions:  # the positional and --out now name either kind
+        if action.dest == "study":
+            action.help = "a study name (its archive), or a run id, run folder or model file (its model)"
+        elif action.dest == "out":
+            action.metavar, action.help = "PATH", "archive folder (a study) or model file (a run)"
+    export.description = (export.description or "") + (
+        " Given an MLflow run id, a run's artifact folder or a model file instead of a study, it "
+        "writes the run's model (safetensors, packed; docs/deploy.md) to --out FILE.")
+
+    def command(args: argparse.Namespace) -> int:
+        from bench.deploy import export_kind, export_model
+
+        uri = args.tracking_uri
+        db = Path(args.root).expanduser().resolve() / "mlflow.db"
+        if uri is None and db.is_file():  # never create a run root for a mistyped argument
+            uri = f"sqlite:///{db}"
+        if export_kind(args.study, uri) == "study":
+            return study_command(args)
+        out = export_model(args.study, args.out, tracking_uri=uri, tag=args.tag)
+        print(f"model of {args.study} ({args.tag}) in {out}: {out.stat().st_size / 1024:.1f} KiB\n"
+              f"  load it with: bench.deploy.load({str(out)!r})")
+        return 0
+
+    def statuses() -> dict[type[BaseException], int]:
+        from bench.deploy import ModelFileError
+
+        return {**study_statuses(), LookupError: 2, ModelFileError: 2}
+
+    export.set_defaults(command=command, exit_statuses=statuses)
+
+
 def exit_statuses() -> dict[type[BaseException], int]:
     """bench's errors that are the user's to fix (exit 2); read by the `labbench` entry."""
     from bench.data import DatasetNotFoundError
@@ -217,3 +264,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("kernels-bench", add_help=False, help="time the proximal-step "
                               "kernels: eager, compile, Triton (labbench kernels-bench --help)")
     p.set_defaults(command=cmd_kernels_bench, exit_statuses=exit_statuses, pass_through=True)
+
+    # bench/deploy_bench.py parses its own flags (labbench deploy-bench --help).
+    p = subparsers.add_parser("deploy-bench", add_help=False, help="inference latency and file size "
+                              "of fp32, int8 and packed 1/2-bit models (labbench deploy-bench --help)")
+    p.set_defaults(command=cmd_deploy_bench, exit_statuses=exit_statuses, pass_through=True)

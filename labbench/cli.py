@@ -3,7 +3,7 @@
 Each package registers its own subcommands (`bench.cli.register`: run, speed, kernels-bench;
 `ablations.cli.register`: grid, worker, status, retry-failed, repair, studies, demo;
 `analysis.cli.register`: report, export, findings). This module is the only one that imports
-them all (DESIGN.md's dependency rule: no package imports one above it), and the one place
+them all (README.md, "Layout": no package imports one above it), and the one place
 where errors become exit statuses:
 
 - 0 done; a command's own status otherwise (1: a failure while running, e.g. a failed cell);

@@ -1,8 +1,9 @@
 """Every citation of a docs/ section in the code names a section that exists.
 
-A citation is either ``docs/PAGE.md, "Heading"`` (or 'Heading'; a prefix of the heading is
-enough: ``"Archives"`` for "Archives: a study without MLflow") or a numbered one such as
-``PAGE.md section 3.4`` / ``PAGE.md 3.4``, which needs a heading that starts with that number.
+A citation is either ``docs/PAGE.md, "Heading"`` or ``README.md, "Heading"`` (or 'Heading'; a
+prefix of the heading is enough: ``"Archives"`` for "Archives: a study without MLflow") or a
+numbered one such as ``PAGE.md section 3.4`` / ``PAGE.md 3.4``, which needs a heading that
+starts with that number.
 Pages outside docs/ (an internal spec, a style guide) cannot be cited by section: readers of the
 repository cannot open them.
 """
@@ -32,16 +33,23 @@ def headings(page: Path) -> list[str]:
     return found
 
 
+def page_of(cited: str, docs: Path) -> Path:
+    """The page a citation names: README.md at the top of the repository, else a page of docs/."""
+    name = Path(cited).name + ".md"
+    return docs.parent / name if name == "README.md" else docs / name
+
+
 def bad_citations(text: str, docs: Path) -> list[str]:
-    """Each citation in ``text`` that names no existing section of a page in ``docs``."""
+    """Each citation in ``text`` that names no existing section of a page in ``docs`` (or of the
+    README beside it)."""
     problems = []
     for m in NAMED.finditer(text):
-        page = docs / (Path(m.group(1)).name + ".md")
+        page = page_of(m.group(1), docs)
         cited = m.group(3).replace("`", "")
         if not page.is_file() or not any(h.startswith(cited) for h in headings(page)):
             problems.append(m.group(0))
     for m in NUMBERED.finditer(text):
-        page = docs / (Path(m.group(1)).name + ".md")
+        page = page_of(m.group(1), docs)
         number = m.group(2)
         if not page.is_file() or not any(re.match(rf"{re.escape(number)}\b", h)
                                          for h in headings(page)):
@@ -76,6 +84,8 @@ def test_the_scan_covers_the_code_and_finds_its_citations():
 
 @pytest.mark.parametrize(("text", "bad"), [
     ('(docs/harness.md, "Bad input")', False),
+    ('(README.md, "Layout")', False),
+    ('(README.md, "Layers")', True),
     ("(docs/analysis.md, 'Archives', describes each file)", False),  # a prefix of the heading
     ('docs/kernels.md, "labbench kernels-bench"', False),  # a heading in backticks
     ('(docs/harness.md, "Bad inputs!")', True),

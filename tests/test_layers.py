@@ -1,4 +1,4 @@
-"""DESIGN.md's dependency rule, checked two ways: no package imports one above it.
+"""The dependency rule (README.md, "Layout"), checked two ways: no package imports one above it.
 
 kernels imports nothing of ours; bench imports kernels; ablations imports bench (and kernels);
 analysis imports none of them; labbench (the command line) sits on top and imports them all.
