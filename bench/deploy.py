@@ -666,8 +666,9 @@ def export_kind(source: str, tracking_uri: str | None) -> str:
 
         if MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(source) is not None:
             return "study"
+    where = f"in {tracking_uri}" if tracking_uri else "(and no MLflow store to look in: see --root)"
     raise LookupError(f"{source!r} is neither a model file, a run directory, an MLflow run id nor a "
-                      f"study name in {tracking_uri}")
+                      f"study name {where}")
 
 
 def export_model(source: str, out: str | Path, *, tracking_uri: str | None = None,

@@ -253,6 +253,15 @@ def test_exported_run_scores_its_recorded_test_metric(base, method, tracking, tm
     assert again.read_bytes() == out.read_bytes()
     with pytest.raises(ModelFileError, match="no artifact model/best"):
         deploy.export_model(recorder.run_id, tmp_path / "best.safetensors", tracking_uri=uri, tag="best")
+    # the command line: one `export` for a run's model and a study's archive
+    from labbench.cli import main
+
+    cli_out = tmp_path / "cli.safetensors"
+    assert main(["export", recorder.run_id, "--out", str(cli_out), "--tracking-uri", uri]) == 0
+    assert cli_out.read_bytes() == out.read_bytes()
+    assert main(["export", "no-such-run", "--out", str(cli_out), "--tracking-uri", uri]) == 2
+    assert main(["export", recorder.run_id, "--out", str(cli_out), "--tracking-uri", uri,
+                 "--tag", "best"]) == 2
 
 
 def test_diverged_models_are_not_saved(caplog):
