@@ -10,26 +10,39 @@ step t (Kingma & Ba 2015; LAB, Hou et al. 2017, Algorithm 1 with Adam):
     d  = sqrt(v) + 1e-8                 v just written: the "previous step" v of the next forward
     w_hat = alpha * sign(W),  alpha = sum d|W| / sum d per group (LAB), mean|W| without d (BWN)
 
-Memory traffic per element: pass 1 reads W, g, m, v and writes W, m, v (28 B: what torch's fused
-Adam moves) and stores sign(W) as bits (1/8 B); pass 2, `binary`'s write pass, reads the bits and
-writes w_hat (4 + 1/8 B). 32.25 B in all, 1.15x Adam alone: binarizing costs little more than
-writing w_hat once.
+Memory traffic per element (Triton): pass 1 reads W, g, m, v and writes W, m, v (28 B: what
+torch's fused Adam moves) and stores sign(W) as bits (1/8 B); pass 2, `binary`'s write pass, reads
+the bits and writes w_hat (4 + 1/8 B). 32.25 B in all, 1.15x Adam alone: binarizing costs little
+more than writing w_hat once.
+
+On CPU the C++ extension (``csrc/fused_adam_lab.cpp``, built on first use by `kernels._cpp`) does
+the same in two passes over all tensors of a call, each one ``at::parallel_for`` on torch's
+threads: pass 1 as above but without the bits, pass 2 reads W again and writes w_hat (36 B in
+all). Its group sums are added up in a fixed order, so results do not depend on the thread count.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 
 import torch
 
-from ._backend import check_backend, select_impl
+from ._backend import BACKENDS, select_impl
 from ._common import GRANULARITIES, check_choice
+from ._cpp import load_extension
 from ._triton import MAX_PARTIALS, check_launch, device_table, jit, num_warps, tl
 from .binary import _binary_write_kernel, _plan, _program, prox_binary, sign_words
 
-__all__ = ["fused_adam_lab_step_"]
+__all__ = ["fused_adam_lab_step_", "fused_cpp_available"]
 
 EPS_D = 1e-8  # d = sqrt(v) + 1e-8, as in the reference code (and `bench.optim.EPS_D`)
+FUSED_BACKENDS = (*BACKENDS, "cpp") if "cpp" not in BACKENDS else BACKENDS
+_SOURCE = Path(__file__).parent / "csrc" / "fused_adam_lab.cpp"
+# No fused multiply-adds but the ones the source writes (torch's rounding: see the source's
+# header); sqrt without errno, so that the element loop vectorises.
+_CFLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno")
 
 
 # %% PyTorch reference
@@ -146,6 +159,38 @@ def _fused_adam_lab_step_triton(latents, grads, exp_avgs, exp_avg_sqs, steps, lr
     return w_hats, scales
 
 
+# %% C++ fast path (CPU)
+
+def _extension(required: bool = False) -> ModuleType | None:
+    """The built extension; None (after one warning per process) where it cannot be built, or
+    `kernels._cpp.ExtensionBuildError` with ``required=True``."""
+    return load_extension("fused_adam_lab", [_SOURCE], extra_cflags=_CFLAGS,
+                          required=required)
+
+
+def fused_cpp_available() -> bool:
+    """Whether the C++ fused step builds and loads here (builds it on the first call: seconds)."""
+    return _extension() is not None
+
+
+def _fused_adam_lab_step_cpp(latents, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps,
+                             granularities, curvature, clip):
+    """Both passes over all tensors in C++ (CPU): one ``at::parallel_for`` each."""
+    ext = _extension(required=True)
+    grads = [g.contiguous() for g in grads]  # read only: a strided gradient is copied
+    rows = [1 if gran == "tensor" else w.shape[0] for w, gran in zip(latents, granularities,
+                                                                      strict=True)]
+    w_hats = [torch.empty_like(w) for w in latents]
+    # Bias corrections in Python floats, as torch's Adam computes them; rounded to float32 in C++.
+    alphas = ext.adam_lab_step(list(latents), grads, list(exp_avgs), list(exp_avg_sqs), w_hats,
+                               [lr / (1 - beta1**t) for t in steps],
+                               [(1 - beta2**t) ** 0.5 for t in steps], rows, beta1, beta2, eps,
+                               clip, EPS_D, curvature)
+    scales = [a.reshape(()) if gran == "tensor" else a
+              for a, gran in zip(alphas.split(rows), granularities, strict=True)]
+    return w_hats, scales
+
+
 # %% Public op
 
 def fused_adam_lab_step_(latents: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
@@ -171,9 +216,12 @@ def fused_adam_lab_step_(latents: Sequence[torch.Tensor], grads: Sequence[torch.
         granularity: ``"tensor"`` or ``"channel"`` (per slice along dim 0), for all or per tensor.
         curvature: True: LAB's d = sqrt(v) + 1e-8; False: d = 1 (BWN).
         clip: W is clipped to [-clip, clip] after the update.
-        backend: ``"auto"`` (Triton for CUDA tensors), ``"torch"`` (the reference: torch's
-            single-tensor Adam op for op, then `prox_binary`), or ``"triton"`` (two launches
-            in all; matches the reference to float32 rounding).
+        backend: ``"auto"`` (Triton for CUDA tensors; the C++ extension for CPU tensors where it
+            builds, else the reference after one warning), ``"torch"`` (the reference: torch's
+            single-tensor Adam op for op, then `prox_binary`), ``"triton"`` (two launches in
+            all) or ``"cpp"`` (CPU: two ``at::parallel_for`` passes in all; raises
+            `kernels._cpp.ExtensionBuildError` where it cannot be built). The fast paths match
+            the reference to float32 rounding, with the same signs.
 
     Returns:
         ``(w_hats, alphas)``: new float32 tensors of the latents' shapes, and float32 scales of
@@ -193,7 +241,8 @@ def fused_adam_lab_step_(latents: Sequence[torch.Tensor], grads: Sequence[torch.
         >>> w, alphas[0]  # Adam's first step moves each weight by lr against its gradient's sign
         (tensor([ 0.4000, -0.3500]), tensor(0.3750))
     """
-    check_backend(backend)
+    if backend not in FUSED_BACKENDS:
+        raise ValueError(f"backend: expected one of {FUSED_BACKENDS}, got {backend!r}")
     lists = {"latents": list(latents), "grads": list(grads), "exp_avgs": list(exp_avgs),
              "exp_avg_sqs": list(exp_avg_sqs), "steps": list(steps)}
     count = len(lists["latents"])
@@ -231,7 +280,14 @@ def fused_adam_lab_step_(latents: Sequence[torch.Tensor], grads: Sequence[torch.
         raise ValueError(f"expected tensors on one device, got {sorted({str(t.device) for t in every})}")
     if count == 0:
         return [], []
-    impl = select_impl("fused_adam_lab_step_", backend, lists["latents"][0],
-                       torch_impl=_fused_adam_lab_step_torch, triton_impl=_fused_adam_lab_step_triton)
+    first = lists["latents"][0]
+    if backend == "cpp" and first.device.type != "cpu":
+        raise ValueError(f"backend='cpp' runs on CPU tensors, got {first.device}")
+    if backend == "cpp" or (backend == "auto" and first.device.type == "cpu" and fused_cpp_available()):
+        impl = _fused_adam_lab_step_cpp
+    else:
+        impl = select_impl("fused_adam_lab_step_", backend, first,
+                           torch_impl=_fused_adam_lab_step_torch,
+                           triton_impl=_fused_adam_lab_step_triton)
     return impl(lists["latents"], lists["grads"], lists["exp_avgs"], lists["exp_avg_sqs"],
                 lists["steps"], lr, beta1, beta2, eps, granularities, curvature, clip)
