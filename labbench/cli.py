@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.cli.register(subparsers)
     ablations.cli.register(subparsers, demo_report=demo_report)
     analysis.cli.register(subparsers)
+    bench.cli.extend_export(subparsers.choices["export"])  # a run's model, or a study's archive
     return parser
 
 
