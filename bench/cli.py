@@ -150,7 +150,12 @@ def _print_summary(config: RunConfig, metrics: dict[str, float], uri: str | None
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from bench.speed import format_speed_table, measure_diagnostics_cost, measure_speed
+    from bench.speed import (
+        PeersNotInstalled,
+        format_speed_table,
+        measure_diagnostics_cost,
+        measure_speed,
+    )
     from bench.train import DIAG_EVERY
 
     base = config_from_args(args)
@@ -165,7 +170,11 @@ def cmd_speed(args: argparse.Namespace) -> int:
             Path(args.json).write_text(json.dumps(row, indent=2))
         return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    rows = measure_speed(base, methods, steps=args.timed_steps, warmup=args.warmup)
+    try:
+        rows = measure_speed(base, methods, steps=args.timed_steps, warmup=args.warmup,
+                             peers=args.peers)
+    except PeersNotInstalled as err:  # an optional extra the user can install: bad input
+        raise UsageError(str(err)) from err
     print(format_speed_table(rows, base))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -253,6 +262,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timed-steps", type=int, default=20, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--json", help="also write the rows as JSON here")
+    p.add_argument("--peers", action="store_true",
+                   help="also time torchao's PARQ (1-bit LSBQuantizer + ProxHardQuant) on the same "
+                   "model, interleaved (needs: pip install 'labbench[peers]')")
     p.add_argument("--diagnostics", action="store_true",
                    help="instead: the cost of run's gradient diagnostics (raw and received "
                    "gradient norms) for --method, a diagnostic step against a plain one")

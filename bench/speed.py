@@ -4,12 +4,22 @@ Every method trains the same model shape on the same synthetic batch (speed does
 data's values); rounds interleave the methods so that drift in the machine's speed hits all of them
 alike. The step is the training step proper: forward, loss, backward, and the (quantized)
 optimizer step, without the per-epoch diagnostics.
+
+``peers=True`` adds other libraries' quantization-aware optimizers on the same model, interleaved
+with ours (`PEERS`): torchao's PARQ ``QuantOptimizer`` with 1-bit ``LSBQuantizer`` (greedy 1-bit
+least squares: alpha = mean|w| per tensor or per row, i.e. BWN's scale) and ``ProxHardQuant``
+(w_hat = the nearest of {-alpha, +alpha}), re-fitting alpha every step (``quant_period=1``) as
+LAB does, on the weights labbench quantizes, with the same Adam. It needs the ``peers`` extra
+(``pip install 'labbench[peers]'``).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,12 +31,14 @@ from bench.train import (
     DIAG_EVERY,
     build_run,
     loss_fn,
+    make_base_optimizer,
     resolve_device,
     seed_everything,
     unclamped_grad_norms,
 )
 
-__all__ = ["format_speed_table", "measure_diagnostics_cost", "measure_speed"]
+__all__ = ["PEERS", "PeersNotInstalled", "build_parq", "format_speed_table",
+           "measure_diagnostics_cost", "measure_speed", "require_peers"]
 
 IMAGE_SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
                 "svhn": (3, 32, 32)}
@@ -45,11 +57,89 @@ def _batch(config: RunConfig, device: torch.device) -> tuple[torch.Tensor, torch
     return x.to(device), y.to(device), shape, 10
 
 
+# %% Peers: other libraries' optimizers on the same model
+
+PEERS_EXTRA = "pip install 'labbench[peers]'"
+
+
+class PeersNotInstalled(ImportError):
+    """``--peers`` without the optional ``peers`` extra (torchao)."""
+
+
+def require_peers() -> None:
+    """Raise `PeersNotInstalled`, naming the extra, unless torchao's PARQ can be imported."""
+    if importlib.util.find_spec("torchao") is None:
+        raise PeersNotInstalled(f"labbench speed --peers times torchao's PARQ optimizer, which is "
+                                f"not installed: {PEERS_EXTRA}")
+    # torchao's import logs a warning per CUDA library it cannot load into a CPU build of torch.
+    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in quiet]
+    try:
+        for log in quiet:
+            log.setLevel(logging.ERROR)
+        import torchao.prototype.parq  # noqa: F401
+    except ImportError as err:
+        raise PeersNotInstalled(f"labbench speed --peers: torchao.prototype.parq cannot be "
+                                f"imported ({err}); {PEERS_EXTRA}") from err
+    finally:
+        for log, level in zip(quiet, levels, strict=True):
+            log.setLevel(level)
+
+
+@dataclass
+class PeerRun:
+    """A peer's model and optimizer: what `measure_speed` steps (the shape of `bench.train.Built`)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    quantized: list[torch.nn.Parameter]  # the weights the peer quantizes
+
+
+def build_parq(config: RunConfig, *, in_shape: tuple[int, ...], classes: int) -> PeerRun:
+    """torchao PARQ, 1-bit: ``QuantOptimizer(Adam, LSBQuantizer(), ProxHardQuant())``.
+
+    The model is ``config``'s with full-precision layers (method ``fp``: PARQ quantizes through
+    the optimizer only), initialised as labbench initialises it. The weights labbench would
+    quantize form PARQ's quantized group (``quant_bits=1``, per row with
+    ``granularity="channel"``); the rest (biases, batch norm) a plain group of the same Adam.
+    """
+    require_peers()
+    from torchao.prototype.parq.optim import ProxHardQuant
+    from torchao.prototype.parq.optim import QuantOptimizer as ParqOptimizer
+    from torchao.prototype.parq.quant import LSBQuantizer
+
+    values = {**config.to_dict(), "method": "fp", "dtype": "float32"}
+    for key in _METHOD_FIELDS:
+        values.pop(key)
+    fp = RunConfig.from_dict(values)
+    built = build_run(fp, in_shape=in_shape, classes=classes)
+    quantized = [w.param for w in built.weights]
+    ids = {id(p) for p in quantized}
+    rest = [p for p in built.model.parameters() if id(p) not in ids]
+    base = make_base_optimizer(fp, [{"params": quantized, "quant_bits": 1},
+                                    {"params": rest}])
+    optimizer = ParqOptimizer(base, LSBQuantizer(), ProxHardQuant(), quant_period=1,
+                              quant_per_channel=config.granularity == "channel")
+    return PeerRun(built.model, optimizer, quantized)
+
+
+PEERS = {"torchao-parq": build_parq}  # row name -> builder
+
+
+def _state_nbytes(optimizer: Any) -> int:
+    if hasattr(optimizer, "state_nbytes"):
+        return optimizer.state_nbytes()
+    return sum(x.numel() * x.element_size() for s in optimizer.state.values()
+               for x in s.values() if isinstance(x, torch.Tensor))
+
+
+# %% Step time
+
 _METHOD_FIELDS = ("bits", "levels", "granularity", "layer_methods", "ttq_threshold", "fixed_scale")
 
 
 def measure_speed(base: RunConfig, methods: list[str], *, steps: int = 20, warmup: int = 3,
-                  rounds: int = 4) -> list[dict[str, Any]]:
+                  rounds: int = 4, peers: bool = False) -> list[dict[str, Any]]:
     """Median step time per method (ms) and its ratio to ``fp``, measured in this process.
 
     Args:
@@ -57,10 +147,16 @@ def measure_speed(base: RunConfig, methods: list[str], *, steps: int = 20, warmu
         methods: methods to time; ``fp`` is added first if absent (the baseline).
         steps: timed steps per method, split over `rounds` interleaved rounds.
         warmup: untimed steps per method before timing.
+        peers: also time `PEERS` (rows named after them), interleaved with the methods.
 
     Returns:
         One dict per method: method, step_ms (median), ratio (to fp), steps, state_mb.
+
+    Raises:
+        PeersNotInstalled: ``peers=True`` without torchao (the ``peers`` extra).
     """
+    if peers:
+        require_peers()
     if "fp" not in methods:
         methods = ["fp", *methods]
     if base.threads:
@@ -77,6 +173,12 @@ def measure_speed(base: RunConfig, methods: list[str], *, steps: int = 20, warmu
         config = RunConfig.from_dict({**values, "method": m})
         x, y, shape, classes = _batch(config, device)
         runs[m] = (config, build_run(config, in_shape=shape, classes=classes), x, y)
+    for name, build in (PEERS.items() if peers else ()):
+        seed_everything(base.seed)
+        config = runs["fp"][0]
+        x, y, shape, classes = _batch(config, device)
+        runs[name] = (config, build(base, in_shape=shape, classes=classes), x, y)
+    methods = list(runs)
 
     def step(m: str) -> float:
         config, built, x, y = runs[m]
@@ -106,7 +208,7 @@ def measure_speed(base: RunConfig, methods: list[str], *, steps: int = 20, warmu
         built = runs[m][1]
         med = statistics.median(times[m])
         state = sum(p.numel() * p.element_size() for p in built.model.parameters()) \
-            + built.optimizer.state_nbytes()
+            + _state_nbytes(built.optimizer)
         rows.append({"method": m, "step_ms": 1000 * med, "ratio": med / fp,
                      "steps": len(times[m]), "state_mb": state / 2**20})
     return rows
@@ -118,9 +220,9 @@ def format_speed_table(rows: list[dict[str, Any]], base: RunConfig) -> str:
     desc = ", ".join(f"{k}={v}" for k, v in shape.items() if v is not None)
     lines = [f"labbench speed: {base.model} ({desc}), device {resolve_device(base.device)}, "
              f"torch threads {torch.get_num_threads()}",
-             f"{'method':<12}{'step ms':>10}{'x fp':>8}{'steps':>7}{'state MiB':>11}"]
+             f"{'method':<14}{'step ms':>10}{'x fp':>8}{'steps':>7}{'state MiB':>11}"]
     for r in rows:
-        lines.append(f"{r['method']:<12}{r['step_ms']:>10.2f}{r['ratio']:>8.3f}{r['steps']:>7}"
+        lines.append(f"{r['method']:<14}{r['step_ms']:>10.2f}{r['ratio']:>8.3f}{r['steps']:>7}"
                      f"{r['state_mb']:>11.1f}")
     return "\n".join(lines)
 
