@@ -5,10 +5,14 @@ The library lives in those packages (``import bench``: `RunConfig`, `run`, `Quan
 (labbench/cli.py) and is what ``labbench`` and ``python -m labbench`` run.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 __all__ = ["main"]
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``labbench ARGV``; returns the exit status (see labbench/cli.py)."""
     from labbench.cli import main as cli_main
 
