@@ -62,7 +62,9 @@ __all__ = [
     "PackedModel",
     "encode_weight",
     "load",
+    "log_packed",
     "pack_model",
+    "pack_run_model",
     "read_model",
     "save_model",
     "save_run_model",
@@ -317,36 +319,49 @@ def save_model(model: nn.Module, config: RunConfig, path: str | Path, optimizer:
                       extra=extra).save(path)
 
 
-def save_run_model(recorder: Any, model: nn.Module, optimizer: Any, config: RunConfig, data: Any, *,
+def pack_run_model(model: nn.Module, optimizer: Any, config: RunConfig, data: Any, *,
                    tag: str = "final", epoch: int | None = None) -> PackedModel | None:
-    """Save a run's model as the artifact ``model/<tag>.safetensors`` (what `bench.train.run` calls).
-
-    The model is packed first (so a weight off its level set fails here, loudly). A model with
-    non-finite weights (a diverged run) is not saved: a warning says so and None is returned.
+    """`pack_model` for a training run: shapes, classes or vocabulary from the run's data, and the
+    ``tag``, ``epoch``, ``dataset`` and ``dataset_hash`` metadata. A model with non-finite weights
+    (a diverged run) is not packed: a warning says so and None is returned.
 
     Args:
-        recorder: the run's recorder; an `MlflowRecorder` (anything with ``client`` and ``run_id``)
-            or a recorder with ``log_artifact(local_path, artifact_path)`` receives the file; others
-            (`NullRecorder`) receive nothing.
         model, optimizer, config: the run's network, `QuantOptimizer` and config.
-        data: the run's `ImageData` or `CharData` (input shape, classes or vocabulary).
-        tag: ``final`` or ``best``.
-        epoch: the epoch the weights are from (metadata).
-
-    Returns:
-        The `PackedModel` (to keep, e.g. the best epoch's until the run ends), or None.
+        data: the run's `ImageData` or `CharData`.
+        tag: ``final`` or ``best``; epoch: the epoch the weights are from.
     """
     if any(not torch.isfinite(p).all() for p in model.parameters()):
         log.warning("model %s not saved: it has non-finite weights (the run diverged)", tag)
         return None
     lm = data.task == "lm"
-    packed = pack_model(model, config, optimizer, in_shape=() if lm else tuple(data.shape),
-                        classes=len(data.vocab) if lm else data.classes,
-                        vocab=data.vocab if lm else None,
-                        extra={"tag": tag, "dataset": config.dataset,
-                               "dataset_hash": str(data.info.get("hash", "")),
-                               **({"epoch": str(epoch)} if epoch is not None else {})})
-    log_packed(recorder, packed, tag)
+    return pack_model(model, config, optimizer, in_shape=() if lm else tuple(data.shape),
+                      classes=len(data.vocab) if lm else data.classes,
+                      vocab=data.vocab if lm else None,
+                      extra={"tag": tag, "dataset": config.dataset,
+                             "dataset_hash": str(data.info.get("hash", "")),
+                             **({"epoch": str(epoch)} if epoch is not None else {})})
+
+
+def save_run_model(recorder: Any, model: nn.Module, optimizer: Any, config: RunConfig, data: Any, *,
+                   tag: str = "final", epoch: int | None = None) -> PackedModel | None:
+    """Save a run's model as the artifact ``model/<tag>.safetensors`` (what `bench.train.run` calls
+    at the end of a run): `pack_run_model`, then `log_packed`.
+
+    Args:
+        recorder: the run's recorder; an `MlflowRecorder` (anything with ``client`` and ``run_id``)
+            or a recorder with ``log_artifact(local_path, artifact_path)`` receives the file; others
+            (`NullRecorder`) receive nothing.
+        model, optimizer, config, data, tag, epoch: as `pack_run_model`.
+
+    Returns:
+        The `PackedModel`, or None (non-finite weights: nothing saved).
+
+    Raises:
+        ValueError: a quantized weight is off its level set (`encode_weight`).
+    """
+    packed = pack_run_model(model, optimizer, config, data, tag=tag, epoch=epoch)
+    if packed is not None:
+        log_packed(recorder, packed, tag)
     return packed
 
 
