@@ -26,7 +26,7 @@ Example:
     >>> net = build_model(cfg, in_shape=(1, 28, 28), classes=10).eval()
     >>> with torch.no_grad():
     ...     for lin in (net.features[1], net.out):
-    ...         lin.weight.copy_(torch.where(lin.weight >= 0, 1.0, -1.0))
+    ...         _ = lin.weight.copy_(torch.where(lin.weight >= 0, 1.0, -1.0))
     >>> packed = pack_model(net, cfg, in_shape=(1, 28, 28), classes=10)
     >>> packed.layers["features.1.weight"]["bits"], tuple(packed.tensors["features.1.weight.codes"].shape)
     (1, (16, 98))

@@ -39,7 +39,7 @@ from torch import nn
 
 from bench.config import RunConfig
 from bench.deploy import PackedLSTM, load, pack_model
-from bench.layers import quantizable_weights
+from bench.layers import init_weights, quantizable_weights
 from bench.models import build_model
 from kernels import prox_binary, prox_ternary
 
@@ -124,6 +124,7 @@ def build_variants(workload: str, backend: str, tmp: Path, hidden: int = 512
     for variant in ("fp32", "packed1", "packed2"):
         config = make(METHOD_OF[variant])
         model = build_model(config, in_shape=in_shape, classes=classes).eval()
+        init_weights(model, {q.name for q in quantizable_weights(model)})  # LSTM matrices start empty
         _on_levels(model, config.method)
         path = tmp / f"{workload}-{variant}.safetensors"
         sizes[variant] = _file_bytes(model, config, in_shape, classes, path)
