@@ -442,12 +442,18 @@ class QuantOptimizer(torch.optim.Optimizer):
             views = [(t, *(t.grouped(x) for x in (t.state["latent"], t.param.grad,
                                                   s["exp_avg"], s["exp_avg_sq"])))
                      for t, s in zip(batch, states, strict=True)]
+            # Unless flips are counted (they need the old w_hat), the new w_hat overwrites the
+            # old one: on CPU, fresh memory every step costs more than the step itself.
+            reuse = not track_flips and all(
+                t.param.data.is_contiguous() and t.param.data_ptr() != t.state["latent"].data_ptr()
+                for t in batch)
             w_hats, alphas = fused_adam_lab_step_(
                 [v[1][0] for v in views], [v[2][0] for v in views], [v[3][0] for v in views],
                 [v[4][0] for v in views], steps=[float(s["step"]) for s in states],
                 lr=float(group["lr"]), beta1=group["betas"][0], beta2=group["betas"][1],
                 eps=group["eps"], granularity=[v[1][1] for v in views], curvature=curvature,
-                backend=self._fused_backend())
+                backend=self._fused_backend(),
+                out=[t.grouped(t.param.data)[0] for t in batch] if reuse else None)
             for t, w_hat, alpha in zip(batch, w_hats, alphas, strict=True):
                 w_hat = w_hat.reshape(t.param.shape)
                 if track_flips:

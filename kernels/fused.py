@@ -48,7 +48,7 @@ _CFLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno")
 # %% PyTorch reference
 
 def _fused_adam_lab_step_torch(latents, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2,
-                               eps, granularities, curvature, clip):
+                               eps, granularities, curvature, clip, out=None):
     """Reference: torch's single-tensor Adam, operation for operation, then clip and `prox_binary`.
 
     On the same inputs it matches ``torch.optim.Adam(foreach=False)`` followed by
@@ -65,7 +65,7 @@ def _fused_adam_lab_step_torch(latents, grads, exp_avgs, exp_avg_sqs, steps, lr,
         w.clamp_(-clip, clip)
         d = v.sqrt().add_(EPS_D) if curvature else None
         w_hat, alpha = prox_binary(w, d, granularity=gran, backend="torch")
-        w_hats.append(w_hat)
+        w_hats.append(w_hat if out is None else out[len(w_hats)].copy_(w_hat))
         alphas.append(alpha)
     return w_hats, alphas
 
@@ -128,14 +128,14 @@ def _adam_lab_sums_kernel(
 
 
 def _fused_adam_lab_step_triton(latents, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2,
-                                eps, granularities, curvature, clip):
+                                eps, granularities, curvature, clip, out=None):
     """Both passes over all tensors: two launches, whatever their number."""
     device = check_launch("fused_adam_lab_step_", _adam_lab_sums_kernel,
                           [*latents, *grads, *exp_avgs, *exp_avg_sqs])
     grads = [g.contiguous() for g in grads]  # read only: a strided gradient is copied
     rows = [1 if gran == "tensor" else w.shape[0] for w, gran in zip(latents, granularities,
                                                                       strict=True)]
-    w_hats = [torch.empty_like(w) for w in latents]
+    w_hats = [torch.empty_like(w) for w in latents] if out is None else list(out)
     plan = _plan(tuple((r, w.numel() // r) for r, w in zip(rows, latents, strict=True)), device)
     tensors = device_table([[t.data_ptr() for t in row] for row in zip(
         latents, grads, exp_avgs, exp_avg_sqs, w_hats, strict=True)], torch.int64, device)
@@ -174,13 +174,13 @@ def fused_cpp_available() -> bool:
 
 
 def _fused_adam_lab_step_cpp(latents, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps,
-                             granularities, curvature, clip):
+                             granularities, curvature, clip, out=None):
     """Both passes over all tensors in C++ (CPU): one ``at::parallel_for`` each."""
     ext = _extension(required=True)
     grads = [g.contiguous() for g in grads]  # read only: a strided gradient is copied
     rows = [1 if gran == "tensor" else w.shape[0] for w, gran in zip(latents, granularities,
                                                                       strict=True)]
-    w_hats = [torch.empty_like(w) for w in latents]
+    w_hats = [torch.empty_like(w) for w in latents] if out is None else list(out)
     # Bias corrections in Python floats, as torch's Adam computes them; rounded to float32 in C++.
     alphas = ext.adam_lab_step(list(latents), grads, list(exp_avgs), list(exp_avg_sqs), w_hats,
                                [lr / (1 - beta1**t) for t in steps],
@@ -198,8 +198,9 @@ def fused_adam_lab_step_(latents: Sequence[torch.Tensor], grads: Sequence[torch.
                          steps: Sequence[int], lr: float, beta1: float = 0.9,
                          beta2: float = 0.999, eps: float = 1e-8,
                          granularity: str | Sequence[str] = "tensor", curvature: bool = True,
-                         clip: float = 1.0,
-                         backend: str = "auto") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                         clip: float = 1.0, backend: str = "auto",
+                         out: Sequence[torch.Tensor] | None = None,
+                         ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """One Adam step on latent weights, then their binarization: LAB (or BWN) with Adam, fused.
 
     Updates ``latents``, ``exp_avgs`` and ``exp_avg_sqs`` in place (the trailing underscore) and
@@ -216,6 +217,9 @@ def fused_adam_lab_step_(latents: Sequence[torch.Tensor], grads: Sequence[torch.
         granularity: ``"tensor"`` or ``"channel"`` (per slice along dim 0), for all or per tensor.
         curvature: True: LAB's d = sqrt(v) + 1e-8; False: d = 1 (BWN).
         clip: W is clipped to [-clip, clip] after the update.
+        out: where to write each w_hat (contiguous float32 tensors of the latents' shapes, none of
+            them an input), e.g. the previous step's w_hat: on CPU this saves allocating, and
+            faulting in, fresh memory every step. Default: new tensors.
         backend: ``"auto"`` (Triton for CUDA tensors; the C++ extension for CPU tensors where it
             builds, else the reference after one warning), ``"torch"`` (the reference: torch's
             single-tensor Adam op for op, then `prox_binary`), ``"triton"`` (two launches in
@@ -224,14 +228,15 @@ def fused_adam_lab_step_(latents: Sequence[torch.Tensor], grads: Sequence[torch.
             the reference to float32 rounding, with the same signs.
 
     Returns:
-        ``(w_hats, alphas)``: new float32 tensors of the latents' shapes, and float32 scales of
-        shape () or ``(W.shape[0],)``.
+        ``(w_hats, alphas)``: float32 tensors of the latents' shapes (``out`` when given), and
+        float32 scales of shape () or ``(W.shape[0],)``.
 
     Raises:
         TypeError: a tensor is not float32.
         ValueError: lists of different lengths; shapes that differ; an empty or 0-dimensional
             latent; a latent or moment that is not contiguous; tensors on several devices; a step
-            < 1; a hyper-parameter out of range; unknown ``granularity`` or ``backend``.
+            < 1; a hyper-parameter out of range; unknown ``granularity`` or ``backend``; an
+            ``out`` tensor that does not fit, or is one of the inputs.
 
     Example:
         >>> w = torch.tensor([0.5, -0.25])
@@ -289,5 +294,18 @@ def fused_adam_lab_step_(latents: Sequence[torch.Tensor], grads: Sequence[torch.
         impl = select_impl("fused_adam_lab_step_", backend, first,
                            torch_impl=_fused_adam_lab_step_torch,
                            triton_impl=_fused_adam_lab_step_triton)
+    if out is not None:
+        out = list(out)
+        if len(out) != count:
+            raise ValueError(f"out: expected {count} entries (one per latent), got {len(out)}")
+        inputs = {t.data_ptr() for name in ("latents", "grads", "exp_avgs", "exp_avg_sqs")
+                  for t in lists[name]}
+        for i, (o, w) in enumerate(zip(out, lists["latents"], strict=True)):
+            if (not isinstance(o, torch.Tensor) or o.dtype != torch.float32 or o.shape != w.shape
+                    or not o.is_contiguous() or o.device != w.device):
+                raise ValueError(f"out[{i}]: expected a contiguous float32 tensor of shape "
+                                 f"{tuple(w.shape)} on {w.device}")
+            if o.data_ptr() in inputs:
+                raise ValueError(f"out[{i}]: must not be one of the inputs")
     return impl(lists["latents"], lists["grads"], lists["exp_avgs"], lists["exp_avg_sqs"],
-                lists["steps"], lr, beta1, beta2, eps, granularities, curvature, clip)
+                lists["steps"], lr, beta1, beta2, eps, granularities, curvature, clip, out)

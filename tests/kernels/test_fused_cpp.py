@@ -142,6 +142,35 @@ def test_a_failed_build_falls_back_to_torch_with_one_warning(monkeypatch, tmp_pa
         run("cpp", latents, grads, True)
 
 
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_out_receives_w_hat_and_changes_nothing_else(backend):
+    latents, grads = problem(6)
+    grans = ["tensor", "tensor", "channel", "channel", "tensor", "channel", "channel"]
+    results = []
+    for use_out in (False, True):
+        ws = [w.clone() for w in latents]
+        ms, vs = [torch.zeros_like(w) for w in ws], [torch.zeros_like(w) for w in ws]
+        outs = [torch.full_like(w, 7.0) for w in ws] if use_out else None
+        w_hats, alphas = fused_adam_lab_step_(ws, grads[0], ms, vs, steps=[1] * len(ws), lr=0.05,
+                                              granularity=grans, backend=backend, out=outs)
+        if use_out:
+            assert all(a is b for a, b in zip(w_hats, outs, strict=True))
+        results.append([*ws, *w_hats, *alphas])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_out_must_fit_and_not_be_an_input():
+    w, g, m, v = (torch.rand(2, 3) for _ in range(4))
+    ok = {"steps": [1], "lr": 0.1}
+    with pytest.raises(ValueError, match=r"out\[0\]: expected a contiguous float32 tensor of shape"):
+        fused_adam_lab_step_([w], [g], [m], [v], out=[torch.empty(3, 2)], **ok)
+    with pytest.raises(ValueError, match=r"out\[0\]: must not be one of the inputs"):
+        fused_adam_lab_step_([w], [g], [m], [v], out=[g], **ok)
+    with pytest.raises(ValueError, match=r"out: expected 1 entries"):
+        fused_adam_lab_step_([w], [g], [m], [v], out=[], **ok)
+
+
 def test_unknown_backends_are_named():
     w = torch.zeros(3)
     with pytest.raises(ValueError, match=r"backend: expected one of .*'cpp'"):
