@@ -130,7 +130,7 @@ def unpack_rows(packed: torch.Tensor, bits: int, in_features: int) -> torch.Tens
     _check_packed(packed, bits, in_features)
     out = packed.shape[0]
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    stream = ((packed[:, :, None] >> shifts) & 1).reshape(out, -1)  # (out, row_bytes * 8)
+    stream = ((packed[:, :, None] >> shifts) & 1).reshape(out, packed.shape[1] * 8)
     stream = stream[:, : in_features * bits].reshape(out, in_features, bits).to(torch.int32)
     weights = 1 << torch.arange(bits, dtype=torch.int32, device=packed.device)
     return (stream * weights).sum(dim=2).to(torch.uint8)
