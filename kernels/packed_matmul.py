@@ -71,6 +71,15 @@ def _check_packed(packed, bits: int, in_features) -> None:
                          f"{tuple(packed.shape)}")
 
 
+def _check_vector(name: str, t, n: int, bits: int, out: int) -> None:
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() != 1 \
+            or t.shape[0] != n:
+        got = (f"{t.dtype} of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor)
+               else type(t).__name__)
+        raise ValueError(f"{name}: expected a float tensor of shape ({n},) for bits={bits}, "
+                         f"out={out}, got {got}")
+
+
 # %% Packing
 
 def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -301,22 +310,20 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bits: int, in_features:
                else type(x).__name__)
         raise ValueError(f"x: expected a float tensor (..., {in_features}), got {got}")
     out = packed.shape[0]
-    for name, t, n in (("lut", lut, 2**bits), ("scale", scale, out), ("bias", bias, out)):
-        if name == "bias" and t is None:
-            continue
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.shape != (n,):
-            got = (f"{t.dtype} of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor)
-                   else type(t).__name__)
-            raise ValueError(f"{name}: expected a float tensor of shape ({n},) for bits={bits}, "
-                             f"out={out}, got {got}")
-    x2 = x.reshape(-1, in_features)
+    _check_vector("lut", lut, 2**bits, bits, out)
+    _check_vector("scale", scale, out, bits, out)
+    if bias is not None:
+        _check_vector("bias", bias, out, bits, out)
+    flat = x.dim() == 2  # the common case skips two reshapes (a layer call is a few us)
+    x2 = x if flat else x.reshape(-1, in_features)
     if backend == "cpp" or (backend == "auto" and x.device.type == "cpu"):
         if x.device.type != "cpu":
             raise ValueError(f"packed_linear: backend='cpp' needs CPU tensors, got {x.device}")
         if backend == "cpp" or cpp_available():
             y = _packed_linear_cpp(x2, packed, bits, in_features, lut, scale, bias)
-            return y.reshape(*x.shape[:-1], out) if x.dtype == torch.float32 else \
-                y.to(x.dtype).reshape(*x.shape[:-1], out)
+            if x.dtype != torch.float32:
+                y = y.to(x.dtype)
+            return y if flat else y.reshape(*x.shape[:-1], out)
         _warn_fallback()
         impl = _packed_linear_torch
     else:

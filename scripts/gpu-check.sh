@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The prepared GPU check of the Triton kernels: on one CUDA GPU, run the `gpu` tests (compiled
-# kernels against the torch reference) and `labbench kernels-bench`, and write both, with the
+# kernels against the torch reference), `labbench kernels-bench` and the packed-layer timing
+# (kernels.packed_bench), and write them, with the
 # device's name, under docs/benchmarks/<device>/. Meant to finish in under 5 minutes on one H100.
 #
 # Needs torch, triton, pytest and hypothesis (pip install -e '.[test,gpu]'; `nox -s gpu` does it).
 # Usage: bash scripts/gpu-check.sh [extra kernels-bench arguments, e.g. --sizes 1e6,1e8]
-# Environment: PYTHON (default python), TEST_TIMEOUT and BENCH_TIMEOUT in seconds (150, 210).
-# Exit status: that of the tests, or of the benchmark when the tests passed.
+# Environment: PYTHON (default python), TEST_TIMEOUT, BENCH_TIMEOUT and PACKED_TIMEOUT in seconds
+# (150, 210, 90).
+# Exit status: that of the tests, else of kernels-bench, else of the packed-layer timing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,9 +46,18 @@ tests_rc=${PIPESTATUS[0]}
 timeout "${BENCH_TIMEOUT:-210}" "$PYTHON" -m kernels.bench --device cuda --out "$out" --plot "$@" \
     2>&1 | tee "$out/kernels-bench.log"
 bench_rc=${PIPESTATUS[0]}
+
+# 3. The packed-layer Triton kernel against torch's fp32 matmul: paper MLP and a 1x512 LSTM cell
+#    step at batch 1, 8 and 64 (kernel level; whole models are `labbench deploy-bench`).
+timeout "${PACKED_TIMEOUT:-90}" "$PYTHON" -m kernels.packed_bench --device cuda --threads 0 \
+    2>&1 | tee "$out/packed-bench.md"
+packed_rc=${PIPESTATUS[0]}
 set -e
 
-echo "gpu-check: tests exit $tests_rc, kernels-bench exit $bench_rc, $((SECONDS - start)) s"
-echo "gpu-check: results in $out/ (kernels-bench.md, .csv, .json, .png, gpu-tests.txt, device.txt)"
+echo "gpu-check: tests exit $tests_rc, kernels-bench exit $bench_rc, packed-bench exit $packed_rc," \
+    "$((SECONDS - start)) s"
+echo "gpu-check: results in $out/ (kernels-bench.md, .csv, .json, .png, packed-bench.md," \
+    "gpu-tests.txt, device.txt)"
 if [ "$tests_rc" -ne 0 ]; then exit "$tests_rc"; fi
-exit "$bench_rc"
+if [ "$bench_rc" -ne 0 ]; then exit "$bench_rc"; fi
+exit "$packed_rc"

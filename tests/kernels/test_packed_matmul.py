@@ -229,3 +229,14 @@ def test_load_extension_warns_once_and_returns_none_on_a_broken_build(tmp_path, 
         assert load_extension("broken", [src], native=False) is None  # cached: no second build
     with pytest.raises(ExtensionBuildError, match="error"):
         load_extension("broken", [src], native=False, required=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [1, 2, 3, 8])
+@pytest.mark.parametrize("batch", BATCHES)
+def test_triton_backend_compiled_on_cuda(bits, batch):
+    x, codes, lut, scale, bias = problem(31, 777, bits, batch, seed=bits + batch)
+    cuda = [t.cuda() for t in (x, pack_rows(codes, bits), lut, scale, bias)]
+    y = packed_linear(cuda[0], cuda[1], bits, 777, *cuda[2:], backend="auto")  # auto: Triton
+    assert y.is_cuda
+    assert_close_to_truth(y.cpu(), float_truth(x, codes, lut, scale, bias), 777)
