@@ -22,6 +22,7 @@ Example:
     >>> import torch
     >>> from bench.config import RunConfig
     >>> from bench.models import build_model
+from kernels import pack_rows, packed_linear, unpack_rows
     >>> cfg = RunConfig(model="mlp", method="bc", hidden=16, layers=1)
     >>> net = build_model(cfg, in_shape=(1, 28, 28), classes=10).eval()
     >>> with torch.no_grad():
@@ -51,6 +52,7 @@ from bench.config import RunConfig
 from bench.layers import LSTM, LSTMLayer, quantizable_weights
 from bench.methods import LayerSpec, resolve_layers
 from bench.models import build_model
+from kernels import pack_rows, packed_linear, unpack_rows
 
 __all__ = [
     "FORMAT",
@@ -77,34 +79,6 @@ FORMAT_VERSION = "1"
 BIT_LAYOUT = ("rows: row r of a weight viewed as (out, in) is ceil(in * bits / 8) bytes; code j occupies "
               "bits [j*bits, (j+1)*bits) of the row, least significant bit first; value = "
               "scale[r] * lut[code] (lut[group(r), code] for a 2-d lut, group(r) = r // (out / G))")
-
-try:  # the kernels helper's packed matmul (issue 14); until it lands, the torch reference below
-    from kernels import pack_rows, packed_linear, unpack_rows
-except ImportError:  # pragma: no cover - removed once kernels/packed_matmul.py is committed
-    def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
-        """Stand-in for `kernels.pack_rows` (same layout): (out, in) uint8 -> (out, row_bytes)."""
-        out, n = codes.shape
-        row_bytes = (n * bits + 7) // 8
-        pos = torch.arange(n)[:, None] * bits + torch.arange(bits)  # (in, bits) bit positions
-        bit = ((codes.to(torch.int64)[:, :, None] >> torch.arange(bits)) & 1).reshape(out, -1)
-        packed = torch.zeros(out, row_bytes * 8, dtype=torch.int64)
-        packed[:, pos.reshape(-1)] = bit
-        weights = 1 << torch.arange(8)
-        return (packed.reshape(out, row_bytes, 8) * weights).sum(-1).to(torch.uint8)
-
-    def unpack_rows(packed: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
-        """Stand-in for `kernels.unpack_rows`: the exact inverse of `pack_rows`."""
-        bit = ((packed.to(torch.int64)[:, :, None] >> torch.arange(8)) & 1).reshape(packed.shape[0], -1)
-        bit = bit[:, :in_features * bits].reshape(packed.shape[0], in_features, bits)
-        return (bit << torch.arange(bits)).sum(-1).to(torch.uint8)
-
-    def packed_linear(x: torch.Tensor, packed: torch.Tensor, bits: int, in_features: int,
-                      lut: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None, *,
-                      backend: str = "auto") -> torch.Tensor:
-        """Stand-in for `kernels.packed_linear`'s torch path: unpack, then one matmul."""
-        w = scale[:, None] * lut[unpack_rows(packed, bits, in_features).long()]
-        return F.linear(x, w, bias)
-
 
 class ModelFileError(ValueError):
     """A model file that cannot be read: not safetensors, truncated, another format or version."""
@@ -229,6 +203,16 @@ class PackedModel:
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dicts of tensors and strings (what ``torch.load(weights_only=True)`` reads back:
+        a run's checkpoint can carry its best epoch's model)."""
+        return {"tensors": dict(self.tensors), "metadata": dict(self.metadata)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PackedModel:
+        """The inverse of `to_dict`."""
+        return cls(dict(d["tensors"]), dict(d["metadata"]), json.loads(d["metadata"]["layers"]))
 
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file

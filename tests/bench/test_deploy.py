@@ -70,12 +70,17 @@ def round_trip(config, tmp_path, backend="torch"):
 
 
 def check_same_network(built, data, loaded, config, *, exact=True):
+    """Same predictions, loss to float32 rounding; with `exact`, the very same logits: the torch
+    path multiplies by the very w_hat the network used, with the same matmuls and additions, except
+    where a Linear's bias is added after the matmul (kernels' reference) instead of inside it
+    (nn.Linear's addmm), which rounds differently."""
     x, y = next(data.eval_batches("test", 300 if data.task != "lm" else 16, config.seq_len or 0))
     with torch.no_grad():
         want, got = built.model(x), loaded(x)
     assert torch.equal(want.argmax(-1), got.argmax(-1))
-    if exact:  # the torch path multiplies by the very w_hat the network used
+    if exact and not any(isinstance(m, PackedLinear) and m.bias is not None for m in loaded.modules()):
         assert torch.equal(want, got)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss_fn("xent", got, y), loss_fn("xent", want, y), rtol=1e-5, atol=1e-6)
 
 
@@ -127,6 +132,16 @@ def test_lstm_round_trip_gives_the_same_network(name, tmp_path):
     feats = torch.randn(3, 5, len(data.vocab))
     with torch.no_grad():
         torch.testing.assert_close(loaded.lstm(feats), built.model.lstm(feats), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("base,name,options", [(MLP, "lab", {}), (MLP, "laq", {"bits": 2}),
+                                               (MLP, "laq", {"bits": 3}), (LSTM, "lab", {}),
+                                               (LSTM, "twn", {})])
+def test_the_cpp_kernel_gives_the_same_predictions(base, name, options, tmp_path):
+    """The C++ kernel (another order of additions) against the trained network."""
+    config = config_for(name, options, base)
+    built, data, loaded, _ = round_trip(config, tmp_path, backend="cpp")
+    check_same_network(built, data, loaded, config, exact=False)
 
 
 def test_ttq_per_channel_scales_and_channel_lut(tmp_path):
@@ -281,3 +296,16 @@ def test_diverged_models_are_not_saved(caplog):
         built.model.out.bias.zero_()
     assert deploy.save_run_model(Recorder(), built.model, built.optimizer, config, data, tag="best")
     assert [(p.rpartition("/")[2], a) for p, a in logged] == [("best.safetensors", "model")]
+
+
+def test_a_packed_model_survives_a_checkpoint(tmp_path):
+    """What a run keeps of its best epoch goes through torch.save/weights_only load unchanged."""
+    config = config_for("laq", {"bits": 3}, MLP)
+    built, data = trained(config, steps=2)
+    packed = deploy.pack_run_model(built.model, built.optimizer, config, data, tag="best", epoch=2)
+    torch.save({"best_model": packed.to_dict()}, tmp_path / "ckpt.pt")
+    again = deploy.PackedModel.from_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True)["best_model"])
+    assert again.metadata == packed.metadata and again.layers == packed.layers
+    assert all(torch.equal(again.tensors[k], v) for k, v in packed.tensors.items())
+    loaded = deploy.load(again.save(tmp_path / "best.safetensors"), backend="torch")
+    check_same_network(built, data, loaded, config)
