@@ -146,9 +146,11 @@ def multi_providers(x: Inputs) -> dict[str, Callable[[], Any]]:
     }
 
 
-def fused_providers(x: Inputs, with_triton: bool) -> dict[str, Callable[[], Any]]:
+def fused_providers(x: Inputs, with_triton: bool,
+                    with_cpp: bool = False) -> dict[str, Callable[[], Any]]:
     """An Adam + LAB step over a model's weights: torch's fused Adam alone (the target), the
-    unfused step (Adam, clip, prox_binary per tensor), and the fused kernels."""
+    unfused step (Adam, clip, prox_binary per tensor), and the fused kernels (the C++ one writes
+    w_hat over the last one, as `bench.optim.QuantOptimizer`'s fused step does)."""
     params = [torch.nn.Parameter(w.clone()) for w in x["ws"]]
     for p, g in zip(params, x["grads"], strict=True):
         p.grad = g
@@ -172,6 +174,12 @@ def fused_providers(x: Inputs, with_triton: bool) -> dict[str, Callable[[], Any]
     if with_triton:
         providers["triton"] = lambda: fused_adam_lab_step_(
             latents, x["grads"], ms, vs, steps=[10] * len(latents), lr=1e-3, backend="triton")
+    if with_cpp:
+        state = [[t.clone() for t in x[key]] for key in ("ws", "ms", "vs")]
+        outs = [torch.empty_like(w) for w in x["ws"]]
+        providers["cpp"] = lambda: fused_adam_lab_step_(
+            *state[:1], x["grads"], *state[1:], steps=[10] * len(outs), lr=1e-3, backend="cpp",
+            out=outs)
     return providers
 
 

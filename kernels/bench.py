@@ -5,8 +5,10 @@ For each operator (`_bench_ops.OPS`) and size it times every provider, median of
 microseconds, effective GB/s from the operator's minimal bytes, the fraction of the copy bandwidth
 ``dst.copy_(src)`` reaches at the same size in the same run, and speedups; then the fused
 Adam + LAB step against torch's ``Adam(fused=True)``, and the multi-tensor path against one launch
-pair per tensor, on ResNet-18's weights. Each Triton result is checked against eager (sign
-mismatches, relative scale error) and the check goes into the table.
+pair per tensor, on ResNet-18's weights; then the fused step on one tensor of ``--fused-sizes``
+elements (default 1e6 and 1e7), each provider's fraction of the copy bandwidth at that size (on
+CPU the C++ step, ``cpp``, is the one the optimizer runs by default). Each Triton result is
+checked against eager (sign mismatches, relative scale error) and the check goes into the table.
 
 On CPU, Triton runs in its interpreter (``TRITON_INTERPRET=1``, numpy, one program at a time): it
 is timed only up to ``--interpreter-max`` elements, and those times say nothing about performance.
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 GPU_SIZES = (10**4, 10**5, 10**6, 2**24, 10**8)
 CPU_SIZES = (10**4, 10**5, 10**6)
+FUSED_SIZES = (10**6, 10**7)
 FIELDS = ("op", "size", "provider", "us", "bytes", "GBps", "copy_GBps", "copy_frac",
           "speedup_vs_eager", "speedup_vs_compile", "ratio_to_baseline", "sign_mismatches",
           "scale_rel_err", "note")
@@ -141,7 +144,7 @@ def model_cases(width: int, device: torch.device, *, triton_max: int,
     run_triton = size <= triton_max
     cpu_note = {"note": "interpreter: not performance"} if device.type == "cpu" else {}
 
-    providers = ops.fused_providers(x, with_triton=run_triton)
+    providers = ops.fused_providers(x, with_triton=run_triton, with_cpp=_with_cpp(device))
     times = {name: time_us(fn, device) for name, fn in providers.items()}
     for name, us in times.items():
         extra = {"ratio_to_baseline": round(us / times["adam-fused"], 3), "note": label}
@@ -161,6 +164,46 @@ def model_cases(width: int, device: torch.device, *, triton_max: int,
             extra["ratio_to_baseline"] = round(us / times["triton-per-tensor"], 3)
             extra["note"] = f"{label}; baseline triton-per-tensor; {cpu_note.get('note', '')}"
         emit(row("prox_binary_multi", size, name, us, 3 * 4 * size, copy_gbps, **extra))
+
+
+def _with_cpp(device: torch.device) -> bool:
+    from .fused import fused_cpp_available
+
+    return device.type == "cpu" and fused_cpp_available()
+
+
+def fused_inputs(n: int, device: torch.device) -> dict[str, Any]:
+    """One latent of n elements with Adam-like state, in `_bench_ops.model_weights`' layout."""
+    gen = torch.Generator(device=device).manual_seed(2)
+
+    def rand(scale=1.0):
+        return (torch.rand(n, generator=gen, device=device) * 2 - 1) * scale
+
+    return {"ws": [rand()], "grads": [rand(1e-2)], "ms": [rand(1e-3)],
+            "vs": [rand().square() * 1e-4], "ds": [rand().abs() * 1e-3 + 1e-8]}
+
+
+def fused_sizes(sizes: Sequence[int], device: torch.device, *, triton_max: int,
+                copy: dict[int, float], emit: Callable[[dict], None]) -> None:
+    """The fused Adam + LAB step on one tensor per size: each provider's share of copy bandwidth
+    (32 minimal bytes per element: read W, g, m, v; write W, m, v, w_hat)."""
+    for n in sizes:
+        if n not in copy:
+            copy[n] = copy_bandwidth(n, device)
+            emit(row("copy", n, "torch", 8 * n / copy[n] / 1e3, 8 * n, copy[n]))
+        x = fused_inputs(n, device)
+        providers = ops.fused_providers(x, with_triton=n <= triton_max, with_cpp=_with_cpp(device))
+        times = {name: time_us(fn, device) for name, fn in providers.items()}
+        for name, us in times.items():
+            extra = {"ratio_to_baseline": round(us / times["adam-fused"], 3),
+                     "speedup_vs_eager": round(times["eager"] / us, 2)}
+            if name == "triton" and device.type == "cpu":
+                extra["note"] = "interpreter: not performance"
+            emit(row(FUSED_OP, n, name, us, ops.fused_nbytes(x), copy[n], **extra))
+        del x, providers
+
+
+FUSED_OP = "fused_adam_lab/size"
 
 
 # %% Output
@@ -198,6 +241,14 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"| {op} | {size:.0e} | {copy:.1f} | {cell('eager')} | {cell('compile')} | "
                      f"{cell('triton')} | {speedup('speedup_vs_eager')} | "
                      f"{speedup('speedup_vs_compile')} | {check} |")
+    lines += ["", "Fused Adam + LAB step on one tensor: median microseconds (effective GB/s at 32 B "
+              "per weight, fraction of copy at the same size); ratio to torch's Adam(fused=True).",
+              "", "| size | copy GB/s | provider | us | GB/s | fraction of copy | x Adam(fused) |",
+              "|---:|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["op"] == FUSED_OP:
+            lines.append(f"| {r['size']:.0e} | {r['copy_GBps']} | {r['provider']} | {r['us']:.1f} | "
+                         f"{r['GBps']} | {r['copy_frac']:.2f} | {r['ratio_to_baseline']} |")
     lines += ["", "| model case | size | provider | us | GB/s | ratio | note |",
               "|---|---:|---|---:|---:|---:|---|"]
     for r in rows:
@@ -242,9 +293,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         f"{','.join(f'{s:.0e}' for s in CPU_SIZES)} on CPU")
     parser.add_argument("--ops", default=",".join(ops.OPS),
                         help=f"comma-separated ops of {', '.join(ops.OPS)}")
+    parser.add_argument("--fused-sizes", help="comma-separated element counts for the fused Adam + "
+                        f"LAB step on one tensor (default {','.join(f'{s:.0e}' for s in FUSED_SIZES)}"
+                        "; 0 skips it)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--no-models", action="store_true",
-                        help="skip the ResNet-18 cases (fused step, multi-tensor)")
+                        help="skip the fused-step and multi-tensor cases (ResNet-18's weights, "
+                        "--fused-sizes)")
     parser.add_argument("--width", type=int, help="ResNet-18 stem width (64 on CUDA, 16 on CPU)")
     parser.add_argument("--interpreter-max", type=float, default=1e4,
                         help="on CPU, time the Triton interpreter up to this many elements")
@@ -259,6 +314,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.sizes = None if args.sizes is None else [int(float(s)) for s in args.sizes.split(",")]
     except ValueError as err:
         parser.error(f"--sizes: expected comma-separated numbers ({err})")
+    try:
+        args.fused_sizes = list(FUSED_SIZES) if args.fused_sizes is None else [
+            n for n in (int(float(s)) for s in args.fused_sizes.split(",")) if n > 0]
+    except ValueError as err:
+        parser.error(f"--fused-sizes: expected comma-separated numbers ({err})")
     unknown = [o for o in args.ops if o not in ops.OPS]
     if unknown:
         parser.error(f"--ops: unknown {unknown}; expected some of {list(ops.OPS)}")
@@ -316,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 emit(row("copy", n, "torch", 8 * n / copy[n] / 1e3, 8 * n, copy[n]))
             if not args.no_models:  # the two model-level goals, before the long sweep
                 model_cases(args.width or (64 if cuda else 16), device, triton_max=triton_max,
+                            emit=emit)
+                fused_sizes(args.fused_sizes, device, triton_max=triton_max, copy=copy,
                             emit=emit)
             sweep(args.ops, sizes, device, use_compile=not args.no_compile,
                   triton_max=triton_max, copy=copy, emit=emit)
