@@ -452,7 +452,9 @@ class PackedMatrix(nn.Module):
         """``W[:, idx]`` moved last: (*idx.shape, out), read from the packed bits (one-hot input)."""
         flat = idx.reshape(-1).long()
         start = flat * self.bits  # bit offset of code j in each row
-        padded = F.pad(self.codes, (0, 1)).to(torch.int32)  # a code may straddle two bytes
+        padded = getattr(self, "_padded", None)
+        if padded is None or padded.device != self.codes.device:  # once: int32, a zero byte more
+            padded = self._padded = F.pad(self.codes, (0, 1)).to(torch.int32)  # codes may straddle
         pair = padded[:, start // 8] | (padded[:, start // 8 + 1] << 8)  # (out, n)
         c = ((pair >> (start % 8).to(torch.int32)) & ((1 << self.bits) - 1)).long()
         lut = self.lut if self.lut.dim() == 1 else None
