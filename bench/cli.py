@@ -98,6 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.record import default_tracking_uri, ensure_experiment, mlflow_run
     from bench.train import run
 
+    if args.resume:
+        return _resume(args)
     config = config_from_args(args)
     if not args.no_record:  # names and folders that become paths, before any is made
         check_name(args.experiment, "--experiment")
@@ -121,6 +123,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                           "labbench.seed": str(config.seed)}) as recorder:
         result = run(config, recorder, progress=not args.quiet)
     _print_summary(config, result.metrics, uri, (args.experiment, recorder.run_id))
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """``labbench run --resume RUN_ID``: the run goes on from its last checkpoint, in the same
+    MLflow run, with the configuration it was started with."""
+    from mlflow.tracking import MlflowClient
+
+    from bench.record import default_tracking_uri
+    from bench.train import resume_recorded
+
+    uri = args.tracking_uri or default_tracking_uri(args.root)
+    client = MlflowClient(tracking_uri=uri)
+    result = resume_recorded(client, args.resume, progress=not args.quiet)
+    experiment = client.get_experiment(client.get_run(args.resume).info.experiment_id).name
+    _print_summary(result.config, result.metrics, uri, (experiment, args.resume))
     return 0
 
 
@@ -253,6 +271,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run-name", help="MLflow run name")
     p.add_argument("--no-record", action="store_true", help="do not record in MLflow")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue that run from its last checkpoint "
+                   "(checkpoint/last.pt, written after every epoch), in the same MLflow run")
     add_config_flags(p)
     p.set_defaults(command=cmd_run, exit_statuses=exit_statuses)
 

@@ -60,9 +60,18 @@ class Method:
         return self.weights != "fp"
 
     @property
+    def quantizer(self) -> type | None:
+        """The `bench.quantizers.Quantizer` class of this method's weight kind (None for
+        ``mixed``, which picks one per layer)."""
+        from bench.quantizers import QUANTIZERS  # here: importing bench.methods needs no torch
+
+        return QUANTIZERS.get(self.weights)
+
+    @property
     def scaled(self) -> bool:
         """Whether the quantized weights carry a scale (so `granularity` applies)."""
-        return self.weights in ("binary", "ternary", "mbit", "ttq")
+        quantizer = self.quantizer
+        return quantizer is not None and quantizer.scaled
 
 
 METHODS: dict[str, Method] = {

@@ -32,10 +32,12 @@ __all__ = [
     "NullRecorder",
     "Recorder",
     "default_tracking_uri",
+    "download_checkpoint",
     "ensure_experiment",
     "env_info",
     "git_info",
     "mlflow_run",
+    "mlflow_run_resumed",
     "peak_rss_mb",
     "source_tags",
 ]
@@ -137,6 +139,10 @@ class MlflowRecorder:
     def log_dict(self, obj: dict[str, Any], name: str) -> None:
         self.client.log_dict(self.run_id, obj, name)
 
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        """Copy a file into the run's artifacts (replacing one of the same name: checkpoints)."""
+        self.client.log_artifact(self.run_id, local_path, artifact_path)
+
 
 def default_tracking_uri(root: str | os.PathLike) -> str:
     """``sqlite:///<root>/mlflow.db`` (absolute), creating the root directory."""
@@ -184,6 +190,34 @@ def mlflow_run(client: Any, experiment_id: str, *, run_name: str, tags: dict[str
         raise
     else:
         client.set_terminated(run.info.run_id, "FINISHED")
+
+
+@contextlib.contextmanager
+def mlflow_run_resumed(client: Any, run_id: str) -> Iterator[MlflowRecorder]:
+    """Reopen an existing run (status RUNNING again) and terminate it as `mlflow_run` does."""
+    client.update_run(run_id, status="RUNNING")
+    recorder = MlflowRecorder(client, run_id)
+    try:
+        yield recorder
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.log_text(run_id, traceback.format_exc(), "traceback.txt")
+        client.set_terminated(run_id, "FAILED")
+        raise
+    else:
+        client.set_terminated(run_id, "FINISHED")
+
+
+def download_checkpoint(client: Any, run_id: str, dst: str | os.PathLike) -> Path | None:
+    """The run's ``checkpoint/last.pt`` (bench.train.CHECKPOINT) copied into `dst`, or None when
+    the run has none."""
+    names = {f.path for f in client.list_artifacts(run_id, "checkpoint")}
+    if "checkpoint/last.pt" not in names:
+        return None
+    return Path(client.download_artifacts(run_id, "checkpoint/last.pt", str(dst)))
 
 
 def git_info() -> dict[str, str]:

@@ -13,8 +13,10 @@ import math
 import random
 import shutil
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,9 +32,18 @@ from bench.layers import LSTM, init_weights, quantizable_weights
 from bench.methods import LayerSpec, resolve_layers
 from bench.models import build_model
 from bench.optim import QuantOptimizer, QuantTarget
-from bench.record import NullRecorder, Recorder, env_info, peak_rss_mb
+from bench.quantizers import make_quantizer
+from bench.record import (
+    NullRecorder,
+    Recorder,
+    download_checkpoint,
+    env_info,
+    mlflow_run_resumed,
+    peak_rss_mb,
+)
 
-__all__ = ["DIAG_EVERY", "DIVERGENCE", "RunResult", "build_run", "run"]
+__all__ = ["CHECKPOINT", "DIAG_EVERY", "DIVERGENCE", "Progress", "RunResult", "Session", "build_run",
+           "build_session", "load_checkpoint", "resume_recorded", "run", "save_checkpoint"]
 
 DIAG_EVERY = 10  # per-layer gradient norms and flip ratios are sampled every N steps (and step 1)
 GATES = "ifco"  # LSTM gate order
@@ -161,8 +172,8 @@ def resolve_backend(backend: str, device: torch.device, targets: list[QuantTarge
     reference elsewhere). Other values are returned as they are."""
     if backend != "auto" or device.type != "cpu":
         return backend
-    binary = sum(t.param.numel() for t in targets if t.spec.method.weights in ("binary", "sign", "mbit")
-                 or t.spec.method.solver == "approx")
+    binary = sum(t.param.numel() for t in targets
+                 if (t.quantizer or make_quantizer(t.spec, t.granularity, t.gates)).compiles)
     if binary >= AUTO_COMPILE_MIN_WEIGHTS and any(map(shutil.which, ("c++", "g++", "clang++"))):
         return "compile"
     return backend
@@ -220,8 +231,7 @@ def _spectral(built: Built, alphas: dict[str, torch.Tensor]) -> dict[str, float]
             w.param.detach().float(), ord=2).item()
         blocks = w.param.detach().float().reshape(w.gates, -1, w.param.shape[1])  # (4, H, H)
         norms = torch.linalg.matrix_norm(blocks, ord=2).tolist()
-        spec = built.specs[w.name]
-        binary = spec.method.weights in ("sign", "binary")
+        binary = built.specs[w.name].method.quantizer.two_level
         alpha = alphas.get(w.name, torch.ones(()))
         for g, norm in enumerate(norms):
             out[f"spectral/{w.name}.{GATES[g]}"] = norm
@@ -263,10 +273,8 @@ def model_cost(built: Built, config: RunConfig) -> dict[str, float]:
         bits_total += bits * n
         numel_total += n
         packed += math.ceil(n * bits / 8)
-        if spec.method.scaled:
-            groups = {"tensor": 1, "channel": w.param.shape[0], "gate": w.gates or 1}[
-                config.granularity or "tensor"]
-            packed += 4 * groups * (2 if spec.method.weights == "ttq" else 1)
+        quantizer = make_quantizer(spec, config.granularity or "tensor", w.gates)
+        packed += 4 * quantizer.n_scales(w.param.shape)  # float32 scales
     float_bytes = 2 if config.method == "amp" else 4
     for p in built.model.parameters():
         if id(p) not in quant_ids:
@@ -277,23 +285,102 @@ def model_cost(built: Built, config: RunConfig) -> dict[str, float]:
     return {"bits_per_weight": bits_total / max(numel_total, 1), "packed_bytes": packed}
 
 
-def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool = False
-        ) -> RunResult:
+@dataclass
+class Session:
+    """What one run trains with, built from its config (`build_session`)."""
+
+    config: RunConfig
+    data: ImageData | CharData
+    built: Built
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # the order of the training batches
+    lstms: list[LSTM]
+    clip_kind: str
+    clip_c: float | None
+    chance: float  # the loss of a model that predicts nothing (DIVERGENCE)
+    bptt_batch: Any  # held-out sequences for the BPTT profile (LSTM language models)
+    info: dict[str, Any]
+
+    @property
+    def lm(self) -> bool:
+        return self.data.task == "lm"
+
+    def autocast(self) -> Any:
+        dtype = getattr(torch, self.config.dtype)
+        return torch.autocast(self.built.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+@dataclass
+class Progress:
+    """What the epochs so far produced; a checkpoint carries it (with the model's, optimizer's,
+    scheduler's and RNG states), so a resumed run goes on from here."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)
+    best: dict[str, dict[str, float]] | None = None  # {"val": ..., "test": ...} at best_epoch
+    best_epoch: int = 0
+    diverged: bool = False
+    reason: str = ""
+    wall_s: float = 0.0  # wall time of the processes before this one (resumed runs)
+
+
+def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool = False,
+        resume: str | Path | None = None, replay: bool = False) -> RunResult:
     """Train and evaluate one configuration.
+
+    The stages: `build_session` (data, model, optimizer, schedule), then per epoch `train_epoch`
+    and `end_epoch` (validation, test at the best validation epoch, diagnostics) and a checkpoint,
+    then `finish` (final metrics). A recorder with ``log_artifact`` (`bench.record.MlflowRecorder`)
+    receives ``checkpoint/last.pt`` after every epoch, overwritten each time.
 
     Args:
         config: the run.
         recorder: where params, per-epoch metrics and artifacts go (default: nowhere).
         progress: show a progress bar per epoch (the CLI turns it on).
+        resume: a checkpoint file (``checkpoint/last.pt`` of an earlier run of this config): go on
+            after its last epoch; the run ends with the metrics the uninterrupted run would have.
+        replay: log the checkpoint's per-epoch metrics again (resuming into a new MLflow run).
 
     Returns:
         `RunResult` with the final metrics (see docs/mlflow-layout.md for the names).
 
     Raises:
         bench.data.DatasetNotFoundError: the dataset's files are missing.
+        ValueError: the checkpoint is of another configuration.
     """
     recorder = recorder or NullRecorder()
     t_start = time.perf_counter()
+    session = build_session(config)
+    state = load_checkpoint(session, resume) if resume is not None else Progress()
+    _record_start(session, recorder)
+    if replay:
+        for epoch, row in enumerate(state.history, 1):
+            recorder.log_metrics(row, step=epoch)
+    bar = _progress_bar(progress, config)
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        if state.diverged or (config.steps and state.step >= config.steps):
+            break
+        sums = train_epoch(session, state, epoch, bar)
+        if state.diverged:
+            break
+        end_epoch(session, state, epoch, sums, recorder)
+        if state.diverged:
+            break
+        session.scheduler.step()
+        state.epoch = epoch
+        save_checkpoint(session, state, recorder, time.perf_counter() - t_start)
+    if bar:
+        bar.stop()
+    metrics = finish(session, state, recorder, state.wall_s + time.perf_counter() - t_start)
+    # (the end of a run: the model file is written here)
+    return RunResult(config, metrics, state.history, session.info)
+
+
+def build_session(config: RunConfig) -> Session:
+    """Seed, load the data, build the model, optimizer, schedule and loop helpers."""
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
@@ -302,187 +389,277 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
     lm = data.task == "lm"
     built = build_run(config, in_shape=() if lm else data.shape,
                       classes=len(data.vocab) if lm else data.classes)
-    model, opt, device = built.model, built.optimizer, built.device
+    device = built.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    info = {**env_info(device), "data": data.info, "device": str(device),
-            "quantized": {n: s.method.name for n, s in built.specs.items()},
-            "prox_step": "compile" if opt.compiled else config.backend}
-    recorder.set_tags({"labbench.task": data.task, "labbench.version": info["packages"]["labbench"],
-                       "labbench.git_commit": info["git_commit"],
-                       "labbench.git_dirty": info["git_dirty"]})
-    recorder.log_params(config.to_dict())
-    recorder.log_dict(config.to_dict(), "config.json")
-    recorder.log_dict(info, "env.json")
-
-    clip_kind, clip_c = parse_clip(config.clip)
-    lstms = [m for m in model.modules() if isinstance(m, LSTM)]
-    for m in lstms:
-        m.gate_clip = clip_c if clip_kind == "gate" else None
-    factor = lr_factor(config.schedule, config.epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt.base, factor)
-    dtype = getattr(torch, config.dtype)
-
-    def autocast() -> Any:
-        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    generator = torch.Generator().manual_seed(config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    names = [w.name for w in built.weights]
-    chance = 1.0 if config.loss == "sq-hinge" else math.log(len(data.vocab) if lm else data.classes)
-    bptt_batch = (next(data.eval_batches("val", BPTT_BATCH, config.seq_len or 0))
-                  if lstms and lm else None)
-
-    history: list[dict[str, float]] = []
-    step_times: list[float] = []
-    best: dict[str, float] | None = None
-    best_epoch, diverged, step = 0, False, 0
-    reason = ""
-    steps_per_epoch = data.train_steps_per_epoch(config.batch_size, config.seq_len or 0)
-    if steps_per_epoch == 0:
+    if data.train_steps_per_epoch(config.batch_size, config.seq_len or 0) == 0:
         raise ConfigError("batch_size", f"{config.batch_size} batches of seq_len "
                           f"{config.seq_len} exceed the training set ({data.info['splits'][0]} "
                           "examples/characters)")
-    bar = _progress_bar(progress, config)
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
-        t_epoch = time.perf_counter()
-        sums = {"loss": 0.0, "n": 0, "clipped": 0.0, "clip_total": 0.0}
-        grad_sum = dict.fromkeys(names, 0.0)
-        grad_max = dict.fromkeys(names, 0.0)
-        raw_sum = dict.fromkeys(names, 0.0)
-        raw_max = dict.fromkeys(names, 0.0)
-        flips = dict.fromkeys(names, 0.0)
-        n_diag = 0
-        task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=steps_per_epoch) if bar else None
-        for x, y in data.train_batches(config.batch_size, generator, config.seq_len or 0):
-            diag = step % DIAG_EVERY == 0
-            t0 = time.perf_counter()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            counts = torch.zeros(2, device=device) if diag and clip_kind == "gate" else None
-            for m in lstms:
-                m.clip_counts = counts
-            with autocast():
-                logits = model(x)
-            loss = loss_fn(config.loss, logits, y)
-            opt.zero_grad()
-            raw = (unclamped_grad_norms(loss, built.weights, lstms, scaler)
-                   if diag and names and clip_kind == "gate" else None)
-            scaler.scale(loss).backward()
-            loss_value = loss.item()
-            if not math.isfinite(loss_value) or loss_value > BOUND_FACTOR * chance:
-                diverged, reason = True, "nonfinite" if not math.isfinite(loss_value) else "bound"
-                break
-            skip = False
-            if scaler.is_enabled():  # float16: unscale, and skip steps with inf/NaN gradients
-                scaler.unscale_(opt.base)
-                skip = not all(bool(torch.isfinite(p.grad).all()) for p in params
-                               if p.grad is not None)
-            if diag and raw is None:  # no gate clamp: the gradient so far is the raw one
-                raw = grad_norms([w.param.grad for w in built.weights])
-            if clip_kind == "norm":
-                total = torch.nn.utils.clip_grad_norm_(params, clip_c)
-                sums["clipped"] += float(total > clip_c)
-                sums["clip_total"] += 1
-            elif counts is not None:
-                sums["clipped"] += counts[0].item()
-                sums["clip_total"] += counts[1].item()
-            if diag:  # d loss / d w_hat per quantized layer: raw, and as the optimizer gets it
-                got = (raw if clip_kind == "none"
-                       else grad_norms([w.param.grad for w in built.weights]))
-                for name, r, g in zip(names, raw, got, strict=True):
-                    raw_sum[name] += r
-                    raw_max[name] = max(raw_max[name], r)
-                    grad_sum[name] += g
-                    grad_max[name] = max(grad_max[name], g)
-            if not skip:
-                opt.step(track_flips=diag)
-            scaler.update()
-            if diag and not skip:
-                for name, f in opt.last_flips.items():
-                    flips[name] += f
-                n_diag += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            step_times.append(time.perf_counter() - t0)
-            sums["loss"] += loss_value
-            sums["n"] += 1
-            step += 1
-            if bar:
-                bar.update(task, advance=1, description=f"epoch {epoch}/{config.epochs} "
-                           f"loss {loss_value:.3f}")
-            if config.steps and step >= config.steps:
-                break
-        if bar:
-            bar.remove_task(task)
-        if not diverged and sums["loss"] / max(sums["n"], 1) > NO_PROGRESS_FACTOR * chance:
-            diverged, reason = True, "no_progress"
-        if diverged:
-            break
+    info = {**env_info(device), "data": data.info, "device": str(device),
+            "quantized": {n: s.method.name for n, s in built.specs.items()},
+            "prox_step": "compile" if built.optimizer.compiled else
+            "fused" if built.optimizer.fused else config.backend}
+    clip_kind, clip_c = parse_clip(config.clip)
+    lstms = [m for m in built.model.modules() if isinstance(m, LSTM)]
+    for m in lstms:
+        m.gate_clip = clip_c if clip_kind == "gate" else None
+    scheduler = torch.optim.lr_scheduler.LambdaLR(built.optimizer,
+                                                  lr_factor(config.schedule, config.epochs))
+    scaler = torch.amp.GradScaler(device.type, enabled=config.dtype == "float16")
+    chance = 1.0 if config.loss == "sq-hinge" else math.log(len(data.vocab) if lm else data.classes)
+    bptt_batch = (next(data.eval_batches("val", BPTT_BATCH, config.seq_len or 0))
+                  if lstms and lm else None)
+    return Session(config, data, built, scheduler, scaler,
+                   torch.Generator().manual_seed(config.seed), lstms, clip_kind, clip_c, chance,
+                   bptt_batch, info)
 
-        val = evaluate(model, data, "val", config, device, autocast)
-        if not math.isfinite(val["loss"]):
-            diverged, reason = True, "nonfinite"
+
+def _record_start(s: Session, recorder: Recorder) -> None:
+    info = s.info
+    recorder.set_tags({"labbench.task": s.data.task,
+                       "labbench.version": info["packages"]["labbench"],
+                       "labbench.git_commit": info["git_commit"],
+                       "labbench.git_dirty": info["git_dirty"]})
+    recorder.log_params(s.config.to_dict())
+    recorder.log_dict(s.config.to_dict(), "config.json")
+    recorder.log_dict(info, "env.json")
+
+
+def train_epoch(s: Session, state: Progress, epoch: int, bar: Any) -> dict[str, Any]:
+    """One pass over the training batches (or up to the ``steps`` cap), with the sampled
+    diagnostics; sets ``state.diverged`` when the loss does (`DIVERGENCE`)."""
+    config, built, device = s.config, s.built, s.built.device
+    model, opt = built.model, built.optimizer
+    names = [w.name for w in built.weights]
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums: dict[str, Any] = {"t_start": time.perf_counter(), "loss": 0.0, "n": 0, "clipped": 0.0,
+                            "clip_total": 0.0, "n_diag": 0,
+                            **{k: dict.fromkeys(names, 0.0) for k in
+                               ("grad_sum", "grad_max", "raw_sum", "raw_max", "flips")}}
+    total = s.data.train_steps_per_epoch(config.batch_size, config.seq_len or 0)
+    task = bar.add_task(f"epoch {epoch}/{config.epochs}", total=total) if bar else None
+    for x, y in s.data.train_batches(config.batch_size, s.generator, config.seq_len or 0):
+        diag = state.step % DIAG_EVERY == 0
+        t0 = time.perf_counter()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        counts = torch.zeros(2, device=device) if diag and s.clip_kind == "gate" else None
+        for m in s.lstms:
+            m.clip_counts = counts
+        with s.autocast():
+            logits = model(x)
+        loss = loss_fn(config.loss, logits, y)
+        opt.zero_grad()
+        raw = (unclamped_grad_norms(loss, built.weights, s.lstms, s.scaler)
+               if diag and names and s.clip_kind == "gate" else None)
+        s.scaler.scale(loss).backward()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value) or loss_value > BOUND_FACTOR * s.chance:
+            state.diverged = True
+            state.reason = "nonfinite" if not math.isfinite(loss_value) else "bound"
             break
-        key = "xent" if lm else "acc"
-        better = best is None or (val[key] < best["val"][key] if lm else
-                                  (val["acc"], -val["loss"]) > (best["val"]["acc"],
-                                                                -best["val"]["loss"]))
-        if better:
-            best = {"val": val, "test": evaluate(model, data, "test", config, device, autocast)}
-            best_epoch = epoch
-        alphas_t = {t.name: t.state["alpha"] for t in opt.targets}
-        row = {"train_loss": sums["loss"] / max(sums["n"], 1), "lr": opt.param_groups[0]["lr"],
-               "epoch_s": time.perf_counter() - t_epoch,
-               **{f"val_{k}": v for k, v in val.items()},
-               **{f"alpha/{k}": v for k, v in opt.alphas().items()},
-               **_spectral(built, alphas_t)}
-        if n_diag:
-            row.update({f"grad_norm/{k}": v / n_diag for k, v in grad_sum.items()})
-            row.update({f"grad_norm_max/{k}": v for k, v in grad_max.items()})
-            row.update({f"grad_norm_raw/{k}": v / n_diag for k, v in raw_sum.items()})
-            row.update({f"grad_norm_raw_max/{k}": v for k, v in raw_max.items()})
-            row.update({f"flip_ratio/{t.name}": flips[t.name] / n_diag for t in opt.targets})
-        if clip_kind != "none":
-            row["clip_frac"] = sums["clipped"] / max(sums["clip_total"], 1)
-        if bptt_batch is not None:
-            with autocast():
-                profile = lstm_bptt(model, *(t.to(device) for t in bptt_batch))
-            row["bptt_growth"] = profile["bptt_growth"]
-            recorder.log_dict({"epoch": epoch, **profile}, f"bptt/epoch-{epoch}.json")
-        history.append(row)
-        recorder.log_metrics(row, step=epoch)
-        scheduler.step()
-        if config.steps and step >= config.steps:
+        skip = False
+        if s.scaler.is_enabled():  # float16: unscale, and skip steps with inf/NaN gradients
+            s.scaler.unscale_(opt.base)
+            skip = not all(bool(torch.isfinite(p.grad).all()) for p in params
+                           if p.grad is not None)
+        if diag and raw is None:  # no gate clamp: the gradient so far is the raw one
+            raw = grad_norms([w.param.grad for w in built.weights])
+        if s.clip_kind == "norm":
+            norm = torch.nn.utils.clip_grad_norm_(params, s.clip_c)
+            sums["clipped"] += float(norm > s.clip_c)
+            sums["clip_total"] += 1
+        elif counts is not None:
+            sums["clipped"] += counts[0].item()
+            sums["clip_total"] += counts[1].item()
+        if diag:  # d loss / d w_hat per quantized layer: raw, and as the optimizer gets it
+            got = (raw if s.clip_kind == "none"
+                   else grad_norms([w.param.grad for w in built.weights]))
+            for name, r, g in zip(names, raw, got, strict=True):
+                sums["raw_sum"][name] += r
+                sums["raw_max"][name] = max(sums["raw_max"][name], r)
+                sums["grad_sum"][name] += g
+                sums["grad_max"][name] = max(sums["grad_max"][name], g)
+        if not skip:
+            opt.step(track_flips=diag)
+        s.scaler.update()
+        if diag and not skip:
+            for name, f in opt.last_flips.items():
+                sums["flips"][name] += f
+            sums["n_diag"] += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        state.step_times.append(time.perf_counter() - t0)
+        sums["loss"] += loss_value
+        sums["n"] += 1
+        state.step += 1
+        if bar:
+            bar.update(task, advance=1, description=f"epoch {epoch}/{config.epochs} "
+                       f"loss {loss_value:.3f}")
+        if config.steps and state.step >= config.steps:
             break
     if bar:
-        bar.stop()
+        bar.remove_task(task)
+    if not state.diverged and sums["loss"] / max(sums["n"], 1) > NO_PROGRESS_FACTOR * s.chance:
+        state.diverged, state.reason = True, "no_progress"
+    return sums
 
+
+def end_epoch(s: Session, state: Progress, epoch: int, sums: dict[str, Any],
+              recorder: Recorder) -> None:
+    """Validate (and test, when validation improved), gather the epoch's diagnostics into one
+    row of `state.history` and hand it to the recorder."""
+    config, built, device, lm = s.config, s.built, s.built.device, s.lm
+    model, opt = built.model, built.optimizer
+    val = evaluate(model, s.data, "val", config, device, s.autocast)
+    if not math.isfinite(val["loss"]):
+        state.diverged, state.reason = True, "nonfinite"
+        return
+    best = state.best
+    better = best is None or (val["xent"] < best["val"]["xent"] if lm else
+                              (val["acc"], -val["loss"]) > (best["val"]["acc"], -best["val"]["loss"]))
+    if better:
+        state.best = {"val": val, "test": evaluate(model, s.data, "test", config, device, s.autocast)}
+        state.best_epoch = epoch
+    alphas_t = {t.name: t.state["alpha"] for t in opt.targets}
+    row = {"train_loss": sums["loss"] / max(sums["n"], 1), "lr": opt.param_groups[0]["lr"],
+           "epoch_s": time.perf_counter() - sums["t_start"],
+           **{f"val_{k}": v for k, v in val.items()},
+           **{f"alpha/{k}": v for k, v in opt.alphas().items()},
+           **_spectral(built, alphas_t)}
+    n_diag = sums["n_diag"]
+    if n_diag:
+        row.update({f"grad_norm/{k}": v / n_diag for k, v in sums["grad_sum"].items()})
+        row.update({f"grad_norm_max/{k}": v for k, v in sums["grad_max"].items()})
+        row.update({f"grad_norm_raw/{k}": v / n_diag for k, v in sums["raw_sum"].items()})
+        row.update({f"grad_norm_raw_max/{k}": v for k, v in sums["raw_max"].items()})
+        row.update({f"flip_ratio/{t.name}": sums["flips"][t.name] / n_diag for t in opt.targets})
+    if s.clip_kind != "none":
+        row["clip_frac"] = sums["clipped"] / max(sums["clip_total"], 1)
+    if s.bptt_batch is not None:
+        with s.autocast():
+            profile = lstm_bptt(model, *(t.to(device) for t in s.bptt_batch))
+        row["bptt_growth"] = profile["bptt_growth"]
+        recorder.log_dict({"epoch": epoch, **profile}, f"bptt/epoch-{epoch}.json")
+    state.history.append(row)
+    recorder.log_metrics(row, step=epoch)
+
+
+def finish(s: Session, state: Progress, recorder: Recorder, wall_s: float) -> dict[str, float]:
+    """The run's final metrics: the best validation epoch's scores and the run's costs."""
+    config, built, device = s.config, s.built, s.built.device
     metrics: dict[str, float] = {}
     for split in ("val", "test"):
-        for k in ("loss", "xent", "bpc") if lm else ("loss", "acc", "err"):
+        for k in ("loss", "xent", "bpc") if s.lm else ("loss", "acc", "err"):
             prefix = "best_val" if split == "val" else "test"
-            metrics[f"{prefix}_{k}"] = best[split][k] if best else float("nan")
+            metrics[f"{prefix}_{k}"] = state.best[split][k] if state.best else float("nan")
+    step_times = state.step_times
     metrics.update({
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "diverged": float(diverged),
-        "wall_s": time.perf_counter() - t_start,
+        "best_epoch": state.best_epoch,
+        "epochs_run": len(state.history),
+        "diverged": float(state.diverged),
+        "wall_s": wall_s,
         "step_ms": 1000 * statistics.median(step_times[1:] or step_times or [float("nan")]),
         "peak_mem_mb": (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
                         else peak_rss_mb()),
-        "state_mem_mb": (sum(p.numel() * p.element_size() for p in model.parameters())
-                         + opt.state_nbytes()) / 2**20,
+        "state_mem_mb": (sum(p.numel() * p.element_size() for p in built.model.parameters())
+                         + built.optimizer.state_nbytes()) / 2**20,
         **model_cost(built, config),
-        **floors(data),  # unigram/bigram bits per char or chance, beside every score
+        **floors(s.data),  # unigram/bigram bits per char or chance, beside every score
     })
-    recorder.log_metrics(metrics, step=len(history))
-    if diverged:
-        recorder.set_tags({"labbench.diverged_reason": reason})
-    info["diverged_reason"] = reason
-    return RunResult(config, metrics, history, info)
+    recorder.log_metrics(metrics, step=len(state.history))
+    if state.diverged:
+        recorder.set_tags({"labbench.diverged_reason": state.reason})
+    s.info["diverged_reason"] = state.reason
+    return metrics
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+CHECKPOINT = "checkpoint/last.pt"  # the run artifact, overwritten after every epoch
+CHECKPOINT_FORMAT = 1
+
+
+def checkpoint_state(s: Session, state: Progress, wall_s: float) -> dict[str, Any]:
+    """Everything the next epoch depends on: model, optimizer (latents, curvature, scales, the
+    base's state), schedule, gradient scaler, every RNG (the batch order's included) and
+    `Progress`."""
+    rng = {"torch": torch.get_rng_state(), "data": s.generator.get_state(),
+           "numpy": _numpy_rng_to_torch(np.random.get_state()), "python": random.getstate()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    progress = {**state.__dict__, "wall_s": state.wall_s + wall_s}
+    return {"format": CHECKPOINT_FORMAT, "config": s.config.to_dict(), "progress": progress,
+            "model": s.built.model.state_dict(), "optimizer": s.built.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(), "rng": rng}
+
+
+def save_checkpoint(s: Session, state: Progress, recorder: Recorder, wall_s: float) -> None:
+    """Write `CHECKPOINT` through the recorder's ``log_artifact`` (recorders without one keep no
+    files, and the run saves nothing)."""
+    log_artifact = getattr(recorder, "log_artifact", None)
+    if log_artifact is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="labbench-ckpt-") as tmp:
+        path = Path(tmp) / Path(CHECKPOINT).name
+        torch.save(checkpoint_state(s, state, wall_s), path)
+        log_artifact(str(path), str(Path(CHECKPOINT).parent))
+
+
+def load_checkpoint(s: Session, path: str | Path) -> Progress:
+    """Restore a `checkpoint_state` file into a freshly built session; return its `Progress`.
+
+    Raises:
+        ValueError: the file is of another configuration or format.
+    """
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {saved.get('format')!r}, expected "
+                         f"{CHECKPOINT_FORMAT}")
+    mine = s.config.to_dict()
+    theirs = saved["config"]
+    differ = [f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here"
+              for k in sorted(mine.keys() | theirs.keys()) if mine.get(k) != theirs.get(k)]
+    if differ:
+        raise ValueError(f"{path}: checkpoint of another configuration ({'; '.join(differ)})")
+    s.built.model.load_state_dict(saved["model"])
+    s.built.optimizer.load_state_dict(saved["optimizer"])
+    s.scheduler.load_state_dict(saved["scheduler"])
+    s.scaler.load_state_dict(saved["scaler"])
+    rng = saved["rng"]
+    torch.set_rng_state(rng["torch"])
+    s.generator.set_state(rng["data"])
+    np.random.set_state(_numpy_rng_from_torch(rng["numpy"]))
+    random.setstate(rng["python"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return Progress(**saved["progress"])
+
+
+def resume_recorded(client: Any, run_id: str, *, progress: bool = False) -> RunResult:
+    """Continue a recorded run from its `CHECKPOINT`, in the same MLflow run, with the
+    configuration it started with (``labbench run --resume RUN_ID``).
+
+    Raises:
+        ValueError: the run has no checkpoint (it ended before its first epoch did).
+    """
+    with tempfile.TemporaryDirectory(prefix="labbench-resume-") as tmp:
+        path = download_checkpoint(client, run_id, tmp)
+        if path is None:
+            raise ValueError(f"run {run_id} has no {CHECKPOINT} to resume from (it ended before "
+                             "its first epoch did, or was recorded before checkpoints)")
+        config = RunConfig.from_dict(torch.load(path, map_location="cpu", weights_only=True)["config"])
+        with mlflow_run_resumed(client, run_id) as recorder:
+            return run(config, recorder, progress=progress, resume=path)
+
+
+def _numpy_rng_to_torch(state: tuple) -> tuple:  # weights_only loading takes no numpy arrays
+    kind, keys, pos, has_gauss, gauss = state
+    return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)
+
+
+def _numpy_rng_from_torch(state: tuple) -> tuple:
+    kind, keys, pos, has_gauss, gauss = state
+    return kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss
 
 
 def _progress_bar(enabled: bool, config: RunConfig) -> Any:
