@@ -216,9 +216,10 @@ def extend_export(export: argparse.ArgumentParser) -> None:
     run's model: ``labbench export RUN_ID|RUN_DIR|FILE --out model.safetensors [--tag best]``.
     The argument decides (`bench.deploy.export_kind`); neither a run nor a study is exit 2."""
     study_command, study_statuses = export.get_default("command"), export.get_default("exit_statuses")
-    export.add_argument("--tag", choices=("final", "best"), default="final",
-                        help="a run's model: the weights at the end (final) or at the best "
-                        "validation epoch (best, saved when it differs)")
+    export.add_argument("--tag", choices=("best", "final"), default="best",
+                        help="a run's model: the best validation epoch's weights, on which its "
+                        "test metrics were measured (best, the default; the final ones when the "
+                        "best epoch is the last), or the weights at the end (final)")
     for action in export._actions:  # the positional and --out now name either kind
         if action.dest == "study":
             action.help = "a study name (its archive), or a run id, run folder or model file (its model)"

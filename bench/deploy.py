@@ -206,8 +206,10 @@ class PackedModel:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts of tensors and strings (what ``torch.load(weights_only=True)`` reads back:
-        a run's checkpoint can carry its best epoch's model)."""
-        return {"tensors": dict(self.tensors), "metadata": dict(self.metadata)}
+        a run's checkpoint can carry its best epoch's model). The tensors are copies: a packed
+        model's full-precision tensors can be the live model's, which training goes on changing."""
+        return {"tensors": {k: v.detach().clone() for k, v in self.tensors.items()},
+                "metadata": dict(self.metadata)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PackedModel:
@@ -673,26 +675,30 @@ def export_kind(source: str, tracking_uri: str | None) -> str:
 
 
 def export_model(source: str, out: str | Path, *, tracking_uri: str | None = None,
-                 tag: str = "final") -> Path:
+                 tag: str = "best") -> Path:
     """Copy a run's saved model to `out`, checking that it loads.
 
     Args:
         source: a model file, a run directory (its ``model/<tag>.safetensors``, also under
             ``artifacts/``: an MLflow run folder) or an MLflow run id (needs `tracking_uri`).
         out: the file to write.
-        tag: ``final`` (the weights at the end of the run) or ``best`` (the best validation epoch's,
-            saved when it differs from the last).
+        tag: ``best`` (default: the best validation epoch's weights, the ones the run's test
+            metrics were measured on; a run whose best epoch is its last keeps only ``final``,
+            which is then the same model) or ``final`` (the weights at the end of the run).
 
     Raises:
         ModelFileError: no such model, or the file does not read as a labbench model.
     """
     import shutil
 
+    if tag not in ("best", "final"):
+        raise ValueError(f"tag: expected 'best' or 'final', got {tag!r}")
+    tags = ("best", "final") if tag == "best" else ("final",)
     out = Path(out)
     path = Path(source)
     with tempfile.TemporaryDirectory() as tmp:
         if path.is_dir():
-            path = _find_in_dir(path, tag)
+            path = _first_found(lambda t: _find_in_dir(path, t), tags)
         elif not path.is_file():
             run = _tracking_run(source, tracking_uri)
             if run is None:
@@ -702,14 +708,28 @@ def export_model(source: str, out: str | Path, *, tracking_uri: str | None = Non
             from mlflow.tracking import MlflowClient
 
             client = MlflowClient(tracking_uri=tracking_uri)
-            try:
-                path = Path(client.download_artifacts(source, f"model/{tag}.safetensors", tmp))
-            except (MlflowException, OSError) as err:
-                raise ModelFileError(f"run {source} has no artifact model/{tag}.safetensors "
-                                     f"({type(err).__name__}); runs recorded before models were "
-                                     "saved have none") from None
+
+            def download(t: str) -> Path:
+                try:
+                    return Path(client.download_artifacts(source, f"model/{t}.safetensors", tmp))
+                except (MlflowException, OSError) as err:
+                    raise ModelFileError(f"run {source} has no artifact model/{t}.safetensors "
+                                         f"({type(err).__name__}); runs recorded before models "
+                                         "were saved have none") from None
+
+            path = _first_found(download, tags)
         read_model(path)  # fails loudly on a bad file before anything is written
         out.parent.mkdir(parents=True, exist_ok=True)
         if path.resolve() != out.resolve():
             shutil.copyfile(path, out)
     return out
+
+
+def _first_found(find: Any, tags: tuple[str, ...]) -> Path:
+    """``find(tag)`` for the first tag that has a file; the last tag's error when none has."""
+    for tag in tags[:-1]:
+        try:
+            return find(tag)
+        except ModelFileError:
+            continue
+    return find(tags[-1])

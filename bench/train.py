@@ -9,6 +9,7 @@ is one of the things we measure, so it is a result, not a crash.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import shutil
@@ -26,6 +27,7 @@ from torch import nn
 
 from bench.config import ConfigError, RunConfig, parse_clip, parse_schedule
 from bench.data import CharData, ImageData, load_dataset
+from bench.deploy import PackedModel, log_packed, pack_run_model, save_run_model
 from bench.diagnostics import grad_norms, lstm_bptt
 from bench.floors import floors
 from bench.layers import LSTM, init_weights, quantizable_weights
@@ -44,6 +46,8 @@ from bench.record import (
 
 __all__ = ["CHECKPOINT", "DIAG_EVERY", "DIVERGENCE", "Progress", "RunResult", "Session", "build_run",
            "build_session", "load_checkpoint", "resume_recorded", "run", "save_checkpoint"]
+
+log = logging.getLogger(__name__)
 
 DIAG_EVERY = 10  # per-layer gradient norms and flip ratios are sampled every N steps (and step 1)
 GATES = "ifco"  # LSTM gate order
@@ -325,6 +329,7 @@ class Progress:
     diverged: bool = False
     reason: str = ""
     wall_s: float = 0.0  # wall time of the processes before this one (resumed runs)
+    best_model: dict | None = None  # the best epoch's packed model (`PackedModel.to_dict`)
 
 
 def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool = False,
@@ -375,8 +380,30 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
     if bar:
         bar.stop()
     metrics = finish(session, state, recorder, state.wall_s + time.perf_counter() - t_start)
-    # (the end of a run: the model file is written here)
+    save_models(session, state, recorder)
     return RunResult(config, metrics, state.history, session.info)
+
+
+def _keeps_files(recorder: Recorder) -> bool:
+    return hasattr(recorder, "log_artifact") or (hasattr(recorder, "client")
+                                                 and hasattr(recorder, "run_id"))
+
+
+def save_models(s: Session, state: Progress, recorder: Recorder) -> None:
+    """Log the run's model as ``model/final.safetensors`` and, when the best validation epoch is
+    not the last (or the last weights are not finite), ``model/best.safetensors``
+    (docs/deploy.md). A model that cannot be packed does not fail a finished run: a warning and
+    the tag ``labbench.model_error`` say why."""
+    if not _keeps_files(recorder):
+        return
+    try:
+        final = save_run_model(recorder, s.built.model, s.built.optimizer, s.config, s.data,
+                               tag="final", epoch=state.epoch)
+        if state.best_model is not None and (final is None or state.best_epoch != state.epoch):
+            log_packed(recorder, PackedModel.from_dict(state.best_model), "best")
+    except (ValueError, OSError) as err:
+        log.warning("the run's model was not saved: %s", err)
+        recorder.set_tags({"labbench.model_error": str(err)[:500]})
 
 
 def build_session(config: RunConfig) -> Session:
@@ -521,6 +548,13 @@ def end_epoch(s: Session, state: Progress, epoch: int, sums: dict[str, Any],
     if better:
         state.best = {"val": val, "test": evaluate(model, s.data, "test", config, device, s.autocast)}
         state.best_epoch = epoch
+        if _keeps_files(recorder):  # kept until the end: logged if the last epoch is not the best
+            try:
+                packed = pack_run_model(model, opt, config, s.data, tag="best", epoch=epoch)
+            except ValueError as err:
+                log.warning("the best epoch's model was not packed: %s", err)
+                packed = None
+            state.best_model = packed.to_dict() if packed is not None else None
     alphas_t = {t.name: t.state["alpha"] for t in opt.targets}
     row = {"train_loss": sums["loss"] / max(sums["n"], 1), "lr": opt.param_groups[0]["lr"],
            "epoch_s": time.perf_counter() - sums["t_start"],
@@ -595,7 +629,12 @@ def checkpoint_state(s: Session, state: Progress, wall_s: float) -> dict[str, An
 
 def save_checkpoint(s: Session, state: Progress, recorder: Recorder, wall_s: float) -> None:
     """Write `CHECKPOINT` through the recorder's ``log_artifact`` (recorders without one keep no
-    files, and the run saves nothing)."""
+    files, and the run saves nothing). A recorder with ``keep_checkpoint(state)`` keeps the
+    checkpoint itself instead (the harness: a file outside MLflow, docs/harness.md)."""
+    keep = getattr(recorder, "keep_checkpoint", None)
+    if keep is not None:
+        keep(checkpoint_state(s, state, wall_s))
+        return
     log_artifact = getattr(recorder, "log_artifact", None)
     if log_artifact is None:
         return

@@ -234,20 +234,9 @@ def test_exported_run_scores_its_recorded_test_metric(base, method, tracking, tm
     from bench.record import mlflow_run
 
     uri, client, exp = tracking
-    captured = {}
-
-    def capture(*args, **kwargs):
-        captured["built"] = built = build_run(*args, **kwargs)
-        return built
-
-    monkeypatch.setattr(train, "build_run", capture)
     config = RunConfig(**{**base, "method": method, "epochs": 1, "steps": 6})
     with mlflow_run(client, exp, run_name="r", tags={}) as recorder:
         result = run(config, recorder)
-        # TODO(lead): bench.train.run calls save_run_model itself once wired; then drop this line
-        deploy.save_run_model(recorder, captured["built"].model, captured["built"].optimizer, config,
-                              load_dataset(config.dataset, train_limit=config.train_limit,
-                                           eval_limit=config.eval_limit), epoch=1)
     out = deploy.export_model(recorder.run_id, tmp_path / "exported.safetensors", tracking_uri=uri)
     assert deploy.export_kind(recorder.run_id, uri) == "model"
     assert deploy.export_kind("deploy-test", uri) == "study"
@@ -266,8 +255,9 @@ def test_exported_run_scores_its_recorded_test_metric(base, method, tracking, tm
     run_dir = tmp_path / "runs" / "mlartifacts" / "deploy-test" / recorder.run_id
     again = deploy.export_model(str(run_dir), tmp_path / "again.safetensors")
     assert again.read_bytes() == out.read_bytes()
-    with pytest.raises(ModelFileError, match="no artifact model/best"):
-        deploy.export_model(recorder.run_id, tmp_path / "best.safetensors", tracking_uri=uri, tag="best")
+    # one epoch: the best epoch is the last, so only `final` is kept and `best` finds it
+    best = deploy.export_model(recorder.run_id, tmp_path / "best.safetensors", tracking_uri=uri, tag="best")
+    assert best.read_bytes() == out.read_bytes()
     # the command line: one `export` for a run's model and a study's archive
     from labbench.cli import main
 
@@ -276,7 +266,7 @@ def test_exported_run_scores_its_recorded_test_metric(base, method, tracking, tm
     assert cli_out.read_bytes() == out.read_bytes()
     assert main(["export", "no-such-run", "--out", str(cli_out), "--tracking-uri", uri]) == 2
     assert main(["export", recorder.run_id, "--out", str(cli_out), "--tracking-uri", uri,
-                 "--tag", "best"]) == 2
+                 "--tag", "final"]) == 0 and cli_out.read_bytes() == out.read_bytes()
 
 
 def test_diverged_models_are_not_saved(caplog):
@@ -309,3 +299,37 @@ def test_a_packed_model_survives_a_checkpoint(tmp_path):
     assert all(torch.equal(again.tensors[k], v) for k, v in packed.tensors.items())
     loaded = deploy.load(again.save(tmp_path / "best.safetensors"), backend="torch")
     check_same_network(built, data, loaded, config)
+
+
+def test_a_run_whose_best_epoch_is_not_its_last_keeps_both_models(tracking, tmp_path, monkeypatch):
+    """The recorded test metrics are the best validation epoch's: `export` (tag best) gives that
+    model, `--tag final` the last weights."""
+    from bench.record import mlflow_run
+
+    uri, client, exp = tracking
+    real_evaluate, calls = train.evaluate, {"val": 0}
+
+    def first_val_epoch_is_best(model, data, split, *args, **kwargs):
+        result = real_evaluate(model, data, split, *args, **kwargs)
+        if split == "val":
+            calls["val"] += 1
+            if calls["val"] > 1:  # later epochs look worse, so epoch 1 stays the best
+                result = {**result, "acc": 0.0, "loss": 1e3}
+        return result
+
+    monkeypatch.setattr(train, "evaluate", first_val_epoch_is_best)
+    config = RunConfig(**{**MLP, "method": "lab", "epochs": 3, "steps": 36})
+    with mlflow_run(client, exp, run_name="r", tags={}) as recorder:
+        result = run(config, recorder)
+    assert result.metrics["best_epoch"] == 1
+    best = deploy.load(deploy.export_model(recorder.run_id, tmp_path / "b.safetensors", tracking_uri=uri))
+    final = deploy.load(deploy.export_model(recorder.run_id, tmp_path / "f.safetensors", tracking_uri=uri,
+                                            tag="final"))
+    assert best.deploy_metadata["epoch"] == "1" and final.deploy_metadata["epoch"] == "3"
+    data = load_dataset(config.dataset, train_limit=config.train_limit, eval_limit=config.eval_limit)
+    got = real_evaluate(best, data, "test", config, torch.device("cpu"), nullcontext)
+    assert got["acc"] == result.metrics["test_acc"]
+    assert got["loss"] == pytest.approx(result.metrics["test_loss"], rel=1e-6)
+    # the final weights are another model (two more epochs of training)
+    assert any(not torch.equal(a, b) for a, b in zip(best.state_dict().values(),
+                                                     final.state_dict().values(), strict=True))
