@@ -22,7 +22,6 @@ Example:
     >>> import torch
     >>> from bench.config import RunConfig
     >>> from bench.models import build_model
-from kernels import pack_rows, packed_linear, unpack_rows
     >>> cfg = RunConfig(model="mlp", method="bc", hidden=16, layers=1)
     >>> net = build_model(cfg, in_shape=(1, 28, 28), classes=10).eval()
     >>> with torch.no_grad():
