@@ -89,6 +89,8 @@ def _grid_parser(subparsers: argparse._SubParsersAction, name: str, help_text: s
                    "heartbeats; a trial silent for 4x this is failed and re-queued (default 30)")
     p.add_argument("--max-retry", type=int, default=2, help="times a cell whose worker died is "
                    "re-queued automatically (default 2)")
+    p.add_argument("--no-checkpoints", action="store_true", help="runs keep no per-epoch "
+                   "checkpoint (ROOT/checkpoints/STUDY/), so a retried trial starts from scratch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -115,6 +117,7 @@ def _run_study(spec: StudySpec, args: argparse.Namespace, *, where: bool = True)
     from ablations.launcher import launch
     from ablations.state import repair, requeue_failed, stale_trials
     from ablations.study import create_or_resume, mlflow_client, optuna_study
+    from ablations.worker import CHECKPOINTS_ATTR
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the launcher says what it does itself
     location.root.mkdir(parents=True, exist_ok=True)
@@ -131,6 +134,7 @@ def _run_study(spec: StudySpec, args: argparse.Namespace, *, where: bool = True)
                     f"{masked(location.tracking_uri or location.default_tracking_uri)}: {err}") \
             from None
     study = optuna_study(handle)
+    study.set_user_attr(CHECKPOINTS_ATTR, not args.no_checkpoints)  # read by every worker
     print(f"study {spec.name}: {'created' if created else 'resuming'}, {spec.n_runs} runs "
           f"({'cells x seeds' if spec.mode == 'grid' else 'trials x seeds'})\n"
           f"  storage  {masked(location.storage_url)}\n  tracking {masked(handle.tracking_uri)}")

@@ -11,21 +11,38 @@ artifacts, the final metrics) to a pipe, and the worker applies it to the trial'
 nothing is half-written when a run dies, and the child needs no database connection of its own.
 The worker itself runs no torch op, so the child starts with no OpenMP pool or CUDA context to
 inherit. Where ``fork`` does not exist the run happens in the worker's own process.
+
+Checkpoints: given a ``checkpoint`` path, the run writes its per-epoch checkpoint there (atomically:
+a temporary file in the same folder, then ``os.replace``) instead of into MLflow, and a run that
+finds a checkpoint of its configuration there goes on from it (``resume``, ``replay``: the new
+MLflow run receives the earlier epochs' metrics again) and tags ``labbench.resumed_from_epoch``.
+A checkpoint that cannot be read, or of another configuration, is deleted with a warning and the
+run starts from scratch (tag ``labbench.resume_refused``: why). Who deletes the file when the run
+is over: `ablations.objective`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection, Pipe
+from pathlib import Path
 from typing import Any
 
-__all__ = ["PipeRecorder", "RunFailed", "current_child", "run_isolated", "warm_up"]
+__all__ = ["REFUSED_TAG", "RESUMED_TAG", "PipeRecorder", "RunFailed", "current_child", "remove_checkpoint",
+           "run_isolated", "warm_up"]
+
+log = logging.getLogger(__name__)
+
+RESUMED_TAG = "labbench.resumed_from_epoch"  # MLflow tag of a run that went on from a checkpoint
+REFUSED_TAG = "labbench.resume_refused"  # why a run found a checkpoint and started afresh anyway
 
 PR_SET_PDEATHSIG = 1  # prctl(2): signal this process when its parent dies
 
@@ -81,7 +98,8 @@ def current_child() -> int | None:
 
 def run_isolated(fn: Callable[..., Any], config: Any, recorder: Any, *,
                  on_metrics: Callable[[dict[str, float], int], None] | None = None,
-                 threads: int | None = None, isolate: bool = True) -> dict[str, float]:
+                 threads: int | None = None, isolate: bool = True,
+                 checkpoint: str | Path | None = None) -> dict[str, float]:
     """Call ``fn(config, recorder)`` in a forked child; return its ``.metrics``.
 
     Args:
@@ -92,12 +110,15 @@ def run_isolated(fn: Callable[..., Any], config: Any, recorder: Any, *,
             kills the child and propagates.
         threads: torch intra-op threads in the child (None: leave torch's setting).
         isolate: False runs ``fn`` in this process (debugging, platforms without fork).
+        checkpoint: the file the run keeps its per-epoch checkpoint in, and goes on from when it
+            holds one of ``config`` (then ``fn(config, recorder, resume=checkpoint,
+            replay=True)``); None: no checkpoint.
 
     Raises:
         RunFailed: the run raised (its traceback in ``child_traceback``) or its process died.
     """
     if not isolate or not hasattr(os, "fork"):
-        return _in_process(fn, config, recorder, on_metrics, threads)
+        return _in_process(fn, config, recorder, on_metrics, threads, checkpoint)
     read, write = Pipe(duplex=False)
     parent = os.getpid()
     sys.stdout.flush()
@@ -108,7 +129,7 @@ def run_isolated(fn: Callable[..., Any], config: Any, recorder: Any, *,
         pid = os.fork()
         if pid == 0:  # the run process: never returns
             read.close()
-            _child_main(fn, config, write, parent, threads, mask)
+            _child_main(fn, config, write, parent, threads, mask, checkpoint)
         _child.append(pid)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -160,7 +181,7 @@ def _reap(pid: int) -> int:
 
 
 def _child_main(fn: Callable[..., Any], config: Any, conn: Connection, parent: int,
-                threads: int | None, mask: set) -> None:
+                threads: int | None, mask: set, checkpoint: str | Path | None) -> None:
     code = 1
     try:
         # Ctrl-C and SIGTERM end the run at once; the worker records the outcome.
@@ -175,7 +196,7 @@ def _child_main(fn: Callable[..., Any], config: Any, conn: Connection, parent: i
             import torch
 
             torch.set_num_threads(threads)
-        result = fn(config, PipeRecorder(conn))
+        result = _call(fn, config, PipeRecorder(conn), checkpoint)
         conn.send(("result", {k: float(v) for k, v in result.metrics.items()}))
         code = 0
     except BaseException as err:  # everything goes back to the worker, which records it
@@ -191,7 +212,7 @@ def _child_main(fn: Callable[..., Any], config: Any, conn: Connection, parent: i
 
 def _in_process(fn: Callable[..., Any], config: Any, recorder: Any,
                 on_metrics: Callable[[dict[str, float], int], None] | None,
-                threads: int | None) -> dict[str, float]:
+                threads: int | None, checkpoint: str | Path | None) -> dict[str, float]:
     if threads:
         import torch
 
@@ -207,7 +228,88 @@ def _in_process(fn: Callable[..., Any], config: Any, recorder: Any,
                 on_metrics(metrics, step)
 
     try:
-        result = fn(config, Tap())
+        result = _call(fn, config, Tap(), checkpoint)
     except Exception as err:
         raise RunFailed(f"{type(err).__name__}: {err}", traceback.format_exc()) from err
     return {k: float(v) for k, v in result.metrics.items()}
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+def _call(fn: Callable[..., Any], config: Any, recorder: Any, checkpoint: str | Path | None) -> Any:
+    """``fn(config, recorder)``; with a checkpoint path, the run keeps its checkpoint there and
+    goes on from the one it finds."""
+    if checkpoint is None:
+        return fn(config, recorder)
+    recorder = _CheckpointKeeper(recorder, Path(checkpoint))
+    epoch, refused = _resume_point(Path(checkpoint), config)
+    if refused:
+        recorder.set_tags({REFUSED_TAG: refused[:500]})
+    if epoch is None:
+        return fn(config, recorder)
+    recorder.set_tags({RESUMED_TAG: str(epoch)})
+    return fn(config, recorder, resume=str(checkpoint), replay=True)
+
+
+class _CheckpointKeeper:
+    """A recorder that passes everything on and keeps the run's checkpoint in one file
+    (`bench.train.save_checkpoint` hands it ``keep_checkpoint(state)`` after every epoch)."""
+
+    def __init__(self, recorder: Any, path: Path):
+        self.recorder, self.path = recorder, path
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.recorder, name)
+
+    def keep_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write ``state`` to the checkpoint file atomically. A file that cannot be written (a
+        full disk) does not fail the run: a warning, and the previous checkpoint stays."""
+        import torch
+
+        tmp = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".",
+                                       suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+            os.replace(tmp, self.path)
+        except OSError as err:
+            log.warning("checkpoint not written to %s: %s", self.path, err)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+
+def _resume_point(path: Path, config: Any) -> tuple[int | None, str]:
+    """(the last epoch of the checkpoint at ``path`` when the run can go on from it, else None;
+    why not, when there is a checkpoint). One that cannot be read, or of another configuration,
+    is deleted (a warning says why): the run starts from scratch."""
+    if not path.exists():
+        return None, ""
+    try:
+        import torch
+
+        from bench.train import CHECKPOINT_FORMAT
+
+        # mmap: only the small progress and config records are read here, not the tensors
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if saved.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        mine, theirs = config.to_dict(), saved["config"]
+        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if differ:
+            raise ValueError(f"of another configuration (differs in {', '.join(differ)})")
+        epoch = int(saved["progress"]["epoch"])
+    except Exception as err:  # unreadable (torch's errors vary), or not this run's
+        log.warning("not resuming from %s: %s; the run starts from scratch", path, err)
+        remove_checkpoint(path)
+        return None, f"{path}: {err}"
+    return epoch, ""
+
+
+def remove_checkpoint(path: str | Path) -> None:
+    """Delete a run's checkpoint file and any temporary file a killed write left beside it."""
+    path = Path(path)
+    for f in [path, *path.parent.glob(path.name + ".*.tmp")]:
+        with contextlib.suppress(FileNotFoundError):
+            f.unlink()

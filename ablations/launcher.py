@@ -41,7 +41,8 @@ class _Worker:
 
 def worker_command(handle: StudyHandle, *, threads: int | None = None) -> list[str]:
     """The command line of one worker (the storage URL travels in ``$LABBENCH_STORAGE``)."""
-    cmd = [sys.executable, "-m", "labbench", "worker", handle.name, "--die-with-parent"]
+    cmd = [sys.executable, "-m", "labbench", "worker", handle.name, "--die-with-parent",
+           "--root", str(handle.location.root)]  # its checkpoints go there (ablations.worker)
     if threads:
         cmd += ["--threads", str(threads)]
     if handle.location.tracking_uri:

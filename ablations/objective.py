@@ -21,6 +21,13 @@ A trial that retries an earlier one (heartbeat, ``repair``, ``retry-failed``) ca
 attempt's ``mlflow_run_id``; if that run is still RUNNING it is marked FAILED first, so analysis
 never counts an abandoned run.
 
+Checkpoints: with a ``checkpoint_dir`` (the worker's default: ``<root>/checkpoints/<study>/``),
+each run keeps its per-epoch checkpoint outside MLflow in ``<digest>.pt``, one file per slot (cell
+x seed, `checkpoint_path`). A trial whose slot has one (its earlier attempt was killed, went
+stale or was interrupted) goes on from it, with the user attribute ``resumed_from_epoch``. The
+file is deleted when the run is over: it ended (a result, diverged or not), raised on its own,
+or was pruned; a run killed, interrupted, or stopped by a full disk keeps it for its retry.
+
 ``LABBENCH_RUN_FN=module:function`` replaces `bench.train.run` by another function with its
 signature, in every worker. It is a hook for tests and for measuring the harness (a run that does
 nothing, a run that raises), not a way to run studies.
@@ -29,13 +36,16 @@ nothing, a run that raises), not a way to run studies.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
+import json
 import math
 import os
 import socket
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -43,13 +53,14 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ablations import tracking
-from ablations.isolate import RunFailed, current_child, run_isolated
+from ablations.isolate import RESUMED_TAG, RunFailed, current_child, remove_checkpoint, run_isolated
 from ablations.spec import StudySpec
 from ablations.storage import disk_full
 from bench.record import MlflowRecorder
 
-__all__ = ["RUN_FN_ENV", "Interrupts", "Objective", "close_stale_run", "grid_seed", "mlflow_run_ids",
-           "process_start", "resolve_run_fn", "rss_mb", "slot_params", "trial_run", "trial_seed"]
+__all__ = ["RUN_FN_ENV", "Interrupts", "Objective", "checkpoint_path", "close_stale_run", "grid_seed",
+           "mlflow_run_ids", "process_start", "resolve_run_fn", "rss_mb", "slot_params", "trial_run",
+           "trial_seed"]
 
 RUN_FN_ENV = "LABBENCH_RUN_FN"
 
@@ -139,6 +150,7 @@ class Objective:
     threads: int | None = None
     isolate: bool = True
     host: str = field(default_factory=socket.gethostname)
+    checkpoint_dir: Path | None = None  # where runs keep their checkpoints (None: they keep none)
 
     def __call__(self, trial: Trial) -> float:
         try:
@@ -189,21 +201,26 @@ class Objective:
                 "labbench.host": self.host, **tracking.source_tags()}
         name = tracking.run_name(self.spec, params, seed)
         on_metrics = _pruner_tap(trial, self.spec.objective) if prune else None
+        checkpoint = (checkpoint_path(self.checkpoint_dir, {**params, "seed": seed})
+                      if self.checkpoint_dir is not None else None)
         with trial_run(self.client, self.experiment_id, run_name=name, tags=tags) as recorder:
             runs.append(recorder.run_id)
             trial.set_user_attr("mlflow_run_id", recorder.run_id)
             if len(runs) > 1:  # search mode: one run per seed
                 trial.set_user_attr("mlflow_run_ids", runs)
-            tap = _ParamsTap(recorder)
+            tap = _ParamsTap(recorder, trial)
             self.interrupts.in_run = True
             try:
                 if self.interrupts.requested:  # the signal came while the run was being set up
                     raise KeyboardInterrupt
                 metrics = run_isolated(self.run_fn, config, tap, on_metrics=on_metrics,
-                                       threads=self.threads, isolate=self.isolate)
+                                       threads=self.threads, isolate=self.isolate,
+                                       checkpoint=checkpoint)
             except BaseException as err:
                 if isinstance(err, KeyboardInterrupt) or self.interrupts.requested:
                     self.interrupts.marking = True  # the MLflow run is marked KILLED next
+                elif checkpoint is not None and _run_is_over(err):
+                    remove_checkpoint(checkpoint)
                 if not tap.params_logged:  # a run that failed early still names its cell
                     with contextlib.suppress(Exception):
                         recorder.log_params(config.to_dict())
@@ -212,6 +229,8 @@ class Objective:
                 raise
             finally:
                 self.interrupts.in_run = False
+            if checkpoint is not None:
+                remove_checkpoint(checkpoint)
         diverged = bool(metrics.get("diverged", 0.0))
         trial.set_user_attr("diverged", int(diverged))
         if self.spec.objective not in metrics:
@@ -239,7 +258,8 @@ class Objective:
         """A retry inherits the earlier attempt's attributes: clear the outcome ones, and fail
         the earlier MLflow runs that are still RUNNING."""
         attrs = trial.user_attrs
-        for key in ("error", "interrupted", "fault", "stale", "diverged", "mlflow_run_id", "mlflow_run_ids"):
+        for key in ("error", "interrupted", "fault", "stale", "diverged", "mlflow_run_id", "mlflow_run_ids",
+                    "resumed_from_epoch"):
             if attrs.get(key) is not None:
                 trial.set_user_attr(key, None)
         previous = mlflow_run_ids(attrs)
@@ -254,6 +274,21 @@ def trial_seed(trial: FrozenTrial) -> int | None:
     studies recorded when the seed was one."""
     seed = trial.params.get("seed", trial.user_attrs.get("seed"))
     return None if seed is None else int(seed)
+
+
+def checkpoint_path(folder: Path, slot: dict[str, Any]) -> Path:
+    """The checkpoint file of a slot (a grid cell's values and ``seed``, as `slot_params`):
+    ``folder/<16 hex digits of its SHA-256>.pt``, the same in every worker and every attempt."""
+    blob = json.dumps(slot, sort_keys=True, default=str).encode()
+    return Path(folder) / f"{hashlib.sha256(blob).hexdigest()[:16]}.pt"
+
+
+def _run_is_over(err: BaseException) -> bool:
+    """Whether a run that raised ``err`` is over for good, so its checkpoint goes: it raised on
+    its own (not a kill or a full disk, which its retry goes on from), or it was pruned."""
+    if isinstance(err, optuna.TrialPruned):
+        return True
+    return isinstance(err, RunFailed) and bool(err.child_traceback) and not disk_full(err)
 
 
 def slot_params(trial: FrozenTrial) -> dict[str, Any]:
@@ -300,14 +335,18 @@ def close_stale_run(client: Any, run_id: str, *, tag_ended: bool = False) -> boo
 
 
 class _ParamsTap:
-    """Passes a run's records on to its recorder, noting whether the params were logged."""
+    """Passes a run's records on to its recorder, noting whether the params were logged; a run
+    resumed from a checkpoint (tag `RESUMED_TAG`) gives its trial ``resumed_from_epoch``."""
 
-    def __init__(self, recorder: MlflowRecorder):
+    def __init__(self, recorder: MlflowRecorder, trial: Trial | None = None):
         self.recorder = recorder
+        self.trial = trial
         self.params_logged = False
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.recorder.set_tags(tags)
+        if RESUMED_TAG in tags and self.trial is not None:
+            self.trial.set_user_attr("resumed_from_epoch", int(tags[RESUMED_TAG]))
 
     def log_params(self, params: dict[str, Any]) -> None:
         self.recorder.log_params(params)

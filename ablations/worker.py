@@ -11,6 +11,11 @@ The worker that finds the study finished (nothing left to start, no trial runnin
 outcome on the MLflow parent run and ends it (`ablations.tracking.finish_parent`), so a study run
 by ``labbench worker`` alone, with no launcher, still gets its summary and duration.
 
+Checkpoints: each run keeps its per-epoch checkpoint in ``<root>/checkpoints/<study>/`` (one file
+per cell x seed, deleted when the run is over), so a trial retried after its worker died goes on
+from its last epoch (`ablations.objective`). A study created or resumed with ``labbench grid
+--no-checkpoints`` (the study attribute `CHECKPOINTS_ATTR` false) keeps none.
+
 Signals: Ctrl-C or SIGTERM kills the running run process, records the trial as interrupted
 (FAIL, MLflow run KILLED) and stops; a second signal stops at once.
 """
@@ -27,6 +32,7 @@ import socket
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 from ablations.isolate import warm_up
@@ -36,9 +42,22 @@ from ablations.storage import masked
 from ablations.study import StudyHandle, mlflow_client, optuna_study
 from ablations.tracking import finish_parent, prepare_study
 
-__all__ = ["run_worker"]
+__all__ = ["CHECKPOINTS_ATTR", "checkpoint_dir", "run_worker"]
+
+CHECKPOINTS_ATTR = "labbench.checkpoints"  # study user attribute: False turns checkpoints off
 
 log = logging.getLogger("labbench.worker")
+
+
+def checkpoint_dir(handle: StudyHandle, study: Any) -> Path | None:
+    """Where this worker's runs keep their checkpoints: ``<root>/checkpoints/<study>``, the root
+    being the journal's folder (a journal storage) or this worker's ``--root`` (a database); None
+    when the study keeps none (`CHECKPOINTS_ATTR`)."""
+    if study.user_attrs.get(CHECKPOINTS_ATTR, True) is False:
+        return None
+    location = handle.location
+    root = Path(location.storage_url).parent if location.kind == "journal" else location.root
+    return root / "checkpoints" / handle.spec.name
 
 
 def run_worker(handle: StudyHandle, *, threads: int | None = None, isolate: bool = True,
@@ -85,7 +104,7 @@ def run_worker(handle: StudyHandle, *, threads: int | None = None, isolate: bool
     objective = Objective(spec=spec, client=client,
                           experiment_id=handle.experiment_id, parent_run_id=handle.parent_run_id,
                           run_fn=resolve_run_fn(), interrupts=interrupts, threads=threads,
-                          isolate=isolate)
+                          isolate=isolate, checkpoint_dir=checkpoint_dir(handle, study))
     # What was imported so far lives as long as the worker: out of the collector's way, the
     # collection after each trial takes milliseconds instead of most of a second.
     gc.freeze()

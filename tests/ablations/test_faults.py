@@ -1,5 +1,6 @@
 """Faults on the local defaults: a worker killed mid-trial, then ``repair`` and resume (issue test
-2); Ctrl-C of the launcher, then resume."""
+2); Ctrl-C of the launcher, then resume; a trial killed after epoch 1 goes on from its checkpoint
+(issue 15) and ends with the uninterrupted run's metrics."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import signal
 import subprocess
 import sys
 
+import torch
 from mlflow.tracking import MlflowClient
 
-from ablations.objective import slot_params
+from ablations.isolate import REFUSED_TAG, RESUMED_TAG, run_isolated
+from ablations.objective import checkpoint_path, slot_params
+from ablations.spec import parse_study
 from analysis import load_runs
 from tests.ablations.helpers import (
     cli,
@@ -24,6 +28,11 @@ from tests.ablations.helpers import (
 )
 
 SLOW = "tests.ablations.fakes:slow_run"
+PAUSING = "tests.ablations.fakes:pausing_run"
+# Three real epochs of a tiny MLP, one torch thread (the same arithmetic in every process)
+THREE_EPOCHS = {"model": "mlp", "hidden": 16, "layers": 1, "epochs": 3, "train_limit": 600,
+                "eval_limit": 200, "batch_size": 100, "threads": 1}
+TIMING = ("epoch_s", "wall_s", "step_ms", "peak_mem_mb")  # timings of the processes involved
 
 
 def _running_trial_of(journal: str, name: str, pid: int):
@@ -155,3 +164,127 @@ def test_close_stale_run_fails_a_running_run_and_tags_an_ended_one_only_when_ask
     assert runs[running].info.status == "FAILED" and runs[running].data.tags["labbench.stale"] == "1"
     assert runs[ended].info.status == "FINISHED" and runs[ended].data.tags["labbench.stale"] == "1"
     assert runs[errored].info.status == "FAILED" and "labbench.stale" not in runs[errored].data.tags
+
+
+def _straight(config):
+    """The uninterrupted run of ``config`` in this process (torch's thread count restored)."""
+    from bench.train import run
+
+    threads = torch.get_num_threads()
+    try:
+        return run(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _untimed(metrics):
+    return {k: v for k, v in metrics.items() if k not in TIMING}
+
+
+def test_a_trial_killed_after_epoch_1_resumes_from_its_checkpoint(tmp_path, capsys, monkeypatch):
+    doc = study_doc("resumed", grid={"method": ["lab", "bwn"]}, seeds=[0], base=THREE_EPOCHS,
+                    baseline={"method": "bwn"})
+    path = write_study(tmp_path, doc)
+    root = tmp_path / "runs"
+    code, _, err = cli(capsys, "grid", str(path), "--root", str(root), "--workers", "0")
+    assert code == 0, err
+    marker = tmp_path / "paused"
+    monkeypatch.setenv("LABBENCH_RUN_FN", PAUSING)
+    monkeypatch.setenv("LABBENCH_TEST_PAUSE", str(marker))
+    env = lab_env(LABBENCH_RUN_FN=PAUSING, LABBENCH_TEST_PAUSE=str(marker))
+    a = start_labbench("worker", "resumed", "--root", str(root), env=env, log=tmp_path / "a.log")
+    journal = str(root / "optuna.journal")
+    wait_for(lambda: marker.exists() or a.poll() is not None, what="worker A's first checkpoint")
+    assert a.poll() is None, (tmp_path / "a.log").read_text()
+    victim = wait_for(_running_trial_of(journal, "resumed", a.pid), what="worker A's trial")
+    folder = root / "checkpoints" / "resumed"
+    checkpoint = checkpoint_path(folder, slot_params(victim))
+    assert checkpoint.exists() and [p.name for p in folder.iterdir()] == [checkpoint.name]
+    assert torch.load(checkpoint, weights_only=True)["progress"]["epoch"] == 1
+    os.kill(a.pid, signal.SIGKILL)
+    a.wait()
+
+    code, out, err = cli(capsys, "repair", "resumed", "--root", str(root))
+    assert code == 0 and "1 stale trial(s) failed, 1 cell(s) queued again" in out, out + err
+    assert checkpoint.exists()  # the retry's starting point
+    code, out, err = cli(capsys, "grid", str(path), "--root", str(root), "--workers", "1")
+    assert code == 0, out + err
+
+    _assert_complete_once(root, "resumed", 2)
+    trials = load_study(journal, "resumed").trials
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE"
+    assert retry[0].user_attrs["resumed_from_epoch"] == 1
+    other = [t for t in trials if t.state.name == "COMPLETE" and t is not retry[0]]
+    assert len(other) == 1 and "resumed_from_epoch" not in other[0].user_attrs  # from scratch
+    assert not list(folder.iterdir())  # every run is over: no checkpoint is left
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    resumed = client.get_run(retry[0].user_attrs["mlflow_run_id"])
+    assert resumed.data.tags[RESUMED_TAG] == "1"
+    config = parse_study(path).config(retry[0].params, 0)
+    straight = _straight(config)
+    recorded = {k: resumed.data.metrics[k] for k in straight.metrics}
+    assert _untimed(recorded) == _untimed(straight.metrics)
+    assert straight.metrics["epochs_run"] == 3
+    # the new MLflow run holds every epoch: epoch 1 replayed from the checkpoint, then 2 and 3
+    alphas = [k for k in straight.history[0] if k.startswith("alpha/")]
+    assert alphas  # lab: the learned scale of each quantized layer
+    for key in ("val_acc", "train_loss", *alphas):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(resumed.info.run_id, key))
+        assert history == [(e, row[key]) for e, row in enumerate(straight.history, 1)], key
+
+
+class ListRecorder:
+    """What the run process sends, as lists."""
+
+    def __init__(self):
+        self.tags, self.metrics = {}, []
+
+    def set_tags(self, tags):
+        self.tags.update(tags)
+
+    def log_params(self, params):
+        pass
+
+    def log_metrics(self, metrics, step):
+        self.metrics.append((step, dict(metrics)))
+
+    def log_dict(self, obj, name):
+        pass
+
+
+def test_a_checkpoint_of_another_configuration_is_refused_and_the_run_starts_afresh(tmp_path):
+    from bench.config import RunConfig
+    from bench.train import run
+
+    config = RunConfig(**{**THREE_EPOCHS, "epochs": 2}, method="lab", seed=3)
+    other = RunConfig.from_dict({**config.to_dict(), "lr": config.lr * 2 if config.lr else 0.01})
+    checkpoint = tmp_path / "slot.pt"
+    run_isolated(run, other, ListRecorder(), checkpoint=checkpoint)
+    assert torch.load(checkpoint, weights_only=True)["config"] == other.to_dict()
+
+    recorder = ListRecorder()
+    metrics = run_isolated(run, config, recorder, checkpoint=checkpoint)
+    assert "of another configuration (differs in lr)" in recorder.tags[REFUSED_TAG]
+    assert RESUMED_TAG not in recorder.tags
+    assert [step for step, _ in recorder.metrics] == [1, 2, 2]  # two epochs trained, then the final
+    assert _untimed(metrics) == _untimed(_straight(config).metrics)
+    assert torch.load(checkpoint, weights_only=True)["config"] == config.to_dict()
+
+
+def test_a_run_resumed_from_its_final_checkpoint_finishes_with_the_same_metrics(tmp_path):
+    """A worker killed after its run ended but before the trial was recorded: the retry trains
+    nothing and reports the same result."""
+    from bench.config import RunConfig
+    from bench.train import run
+
+    config = RunConfig(**{**THREE_EPOCHS, "epochs": 2}, method="bwn")
+    checkpoint = tmp_path / "slot.pt"
+    first = run_isolated(run, config, ListRecorder(), checkpoint=checkpoint)
+    recorder = ListRecorder()
+    again = run_isolated(run, config, recorder, checkpoint=checkpoint, isolate=False)
+    assert recorder.tags[RESUMED_TAG] == "2"
+    assert [step for step, _ in recorder.metrics] == [1, 2, 2]  # both epochs replayed, the final
+    assert _untimed(again) == _untimed(first)
+    assert not list(tmp_path.glob("*.tmp"))
