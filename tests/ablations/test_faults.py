@@ -288,3 +288,17 @@ def test_a_run_resumed_from_its_final_checkpoint_finishes_with_the_same_metrics(
     assert [step for step, _ in recorder.metrics] == [1, 2, 2]  # both epochs replayed, the final
     assert _untimed(again) == _untimed(first)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_finished_study_leaves_no_checkpoint_and_no_checkpoints_keeps_none(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for name, flags in (("kept", []), ("none", ["--no-checkpoints"])):
+        path = write_study(tmp_path, study_doc(name, grid={"method": ["fp", "lab"]}, seeds=[0]))
+        code, out, err = cli(capsys, "grid", str(path), "--root", str(root), "--workers", "1",
+                             "--quiet", *flags)
+        assert code == 0, out + err
+        _assert_complete_once(root, name, 2)
+    # each run of 'kept' wrote its checkpoint there (the folder is made by the first write) and
+    # deleted it when it ended; the runs of 'none' kept none
+    assert [p.name for p in (root / "checkpoints").iterdir()] == ["kept"]
+    assert not list((root / "checkpoints" / "kept").iterdir())
