@@ -16,7 +16,9 @@ variant once, in a rotating order, so drift on a busy machine hits them alike. A
 of enough calls to last about `target_ms`. Reported: the median and interquartile range of the
 samples, and each variant's speed-up over fp32 as the median (and IQR) of the per-repetition
 ratios. File sizes are the safetensors files (`torch.save` of the quantized state dict for int8).
-Test accuracy comes from trained runs when given (``--run``), else it is "-".
+Test accuracy, when trained runs are given (``--run``), is measured on each run's exported model
+loaded as deployed (`measure_run_model`; int8: the fp32 run's model quantized), beside the
+metric the run recorded; else it is "-".
 """
 
 from __future__ import annotations
@@ -194,29 +196,54 @@ def time_cell(fns: dict[str, Callable[..., Any]], args: tuple, reps: int, target
     return out
 
 
-def _run_metric(run_id: str, tracking_uri: str, keys: Sequence[str]) -> tuple[str, float] | None:
+def measure_run_model(run_id: str, tracking_uri: str, *, int8: bool = False,
+                      backend: str = "auto") -> dict[str, Any]:
+    """The test metric of a run's exported model, measured here: `bench.deploy.export_model`
+    (the best epoch's model, the one the run's test metrics were measured on), `bench.deploy.load`,
+    then `bench.train.evaluate` on the run's test split. With ``int8``, the loaded model is first
+    put through `quantize_int8` (a fp run's model, deployed as dynamic int8).
+
+    Returns:
+        ``{"test_metric", "test_value", "recorded"}``: ``test_acc`` (MLP) or ``test_bpc`` (LSTM),
+        its value on the loaded model, and the run's recorded value of it (None if absent).
+    """
+    from contextlib import nullcontext
+
     from mlflow.tracking import MlflowClient
 
-    metrics = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.metrics
-    for k in keys:
-        if k in metrics:
-            return k, metrics[k]
-    return None
+    from bench.data import load_dataset
+    from bench.deploy import export_model
+    from bench.train import evaluate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_model(run_id, Path(tmp) / "model.safetensors", tracking_uri=tracking_uri)
+        model = load(path, backend=backend)
+    config = RunConfig.from_dict(json.loads(model.deploy_metadata["config"]))
+    if int8:
+        model = quantize_int8(model)
+    data = load_dataset(config.dataset, train_limit=config.train_limit, eval_limit=config.eval_limit)
+    got = evaluate(model, data, "test", config, torch.device("cpu"), nullcontext)
+    metric, value = ("test_bpc", got["bpc"]) if data.task == "lm" else ("test_acc", got["acc"])
+    recorded = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.metrics.get(metric)
+    return {"test_metric": metric, "test_value": value, "recorded": recorded}
 
 
 def attach_accuracy(rows: list[dict[str, Any]], runs: dict[str, dict[str, str]],
-                    tracking_uri: str | None) -> None:
-    """Each row's test metric from the run named for its workload and variant (``test_acc`` for
-    the MLP, ``test_bpc`` for the LSTM); int8 uses its own run if given (a fp run's exported model,
-    quantized and evaluated, is left to the user), else "-"."""
+                    tracking_uri: str | None, backend: str = "auto") -> None:
+    """Each row's test metric, measured on the model of the run named for its workload and
+    variant (`measure_run_model`); the int8 row, when no int8 run is named, on the fp32 run's
+    model quantized to int8. "-" when no run is named."""
+    cache: dict[tuple[str, bool], dict[str, Any]] = {}
     for row in rows:
-        run_id = runs.get(row["workload"], {}).get(row["variant"])
-        row["test_metric"], row["test_value"], row["run_id"] = "-", None, run_id
+        named = runs.get(row["workload"], {})
+        int8 = row["variant"] == "int8" and "int8" not in named
+        run_id = named.get("fp32") if int8 else named.get(row["variant"])
+        row.update(test_metric="-", test_value=None, recorded=None, run_id=run_id)
         if run_id and tracking_uri:
-            found = _run_metric(run_id, tracking_uri, ("test_acc",) if row["workload"] == "mlp"
-                                else ("test_bpc", "test_xent"))
-            if found:
-                row["test_metric"], row["test_value"] = found
+            if (run_id, int8) not in cache:
+                cache[run_id, int8] = measure_run_model(run_id, tracking_uri, int8=int8,
+                                                        backend=backend)
+            row.update(cache[run_id, int8])
 
 
 def deploy_bench(*, workloads: Sequence[str] = ("mlp", "lstm"), batches: Sequence[int] = (1, 8, 64),
@@ -257,7 +284,7 @@ def deploy_bench(*, workloads: Sequence[str] = ("mlp", "lstm"), batches: Sequenc
                                          "size_ratio": sizes["fp32"] / sizes[v]})
     finally:
         torch.set_num_threads(before)
-    attach_accuracy(rows, runs or {}, tracking_uri)
+    attach_accuracy(rows, runs or {}, tracking_uri, backend)
     from bench.record import env_info
 
     env = env_info()
@@ -279,6 +306,8 @@ def format_table(result: dict[str, Any]) -> str:
              "|---|---:|---:|---|---:|---|---|---:|---:|---|"]
     for r in result["rows"]:
         test = "-" if r["test_value"] is None else f"{r['test_metric']} {r['test_value']:.4g}"
+        if r.get("recorded") is not None:
+            test += f" (run: {r['recorded']:.4g})"
         lines.append(
             f"| {r['workload']} | {r['threads']} | {r['batch']} | {r['variant']} | {r['ms']:.4g} | "
             f"{r['ms_q1']:.4g}-{r['ms_q3']:.4g} | {r['speedup']:.2f}x "

@@ -77,3 +77,45 @@ def test_lstm_cell_rows_sizes_and_outputs(tmp_path, capsys):
     assert rows["fp32"]["file_bytes"] / rows["packed1"]["file_bytes"] == pytest.approx(
         rows["packed1"]["size_ratio"])
     assert (tmp_path / "results.md").read_text().startswith("# labbench deploy-bench")
+
+
+def test_the_test_column_is_measured_on_each_runs_exported_model(tmp_path):
+    """Runs trained here: the fp32 and packed rows score what the runs recorded (the exported
+    best-epoch model, loaded as deployed), the int8 row the fp32 run's model quantized to int8."""
+    from contextlib import nullcontext
+
+    from mlflow.tracking import MlflowClient
+
+    from bench.config import RunConfig
+    from bench.data import load_dataset
+    from bench.deploy import export_model, load
+    from bench.record import default_tracking_uri, ensure_experiment, mlflow_run
+    from bench.train import evaluate, run
+
+    uri = default_tracking_uri(tmp_path / "runs")
+    client = MlflowClient(tracking_uri=uri)
+    exp = ensure_experiment(client, "deploy-bench-test", uri)
+    base = dict(model="mlp", hidden=32, layers=1, batch_size=50, train_limit=500, eval_limit=300,
+                epochs=1, steps=5, threads=1)
+    ids, configs = {}, {}
+    for variant, method in (("fp32", "fp"), ("packed1", "lab"), ("packed2", "twn")):
+        configs[variant] = RunConfig(**base, method=method)
+        with mlflow_run(client, exp, run_name=method, tags={}) as recorder:
+            result = run(configs[variant], recorder)
+        ids[variant] = (recorder.run_id, result.metrics["test_acc"])
+    rows = [{"workload": "mlp", "variant": v} for v in VARIANTS]
+    deploy_bench.attach_accuracy(rows, {"mlp": {v: i for v, (i, _) in ids.items()}}, uri, "torch")
+    got = {r["variant"]: r for r in rows}
+    for variant, (_, recorded) in ids.items():
+        assert got[variant]["test_metric"] == "test_acc"
+        assert got[variant]["test_value"] == recorded == got[variant]["recorded"]
+    # int8: independently, the fp run's exported model through torch's dynamic quantization
+    fp_model = load(export_model(ids["fp32"][0], tmp_path / "fp.safetensors", tracking_uri=uri),
+                    backend="torch")
+    data = load_dataset("fashion-mnist", train_limit=500, eval_limit=300)
+    truth = evaluate(quantize_int8(fp_model), data, "test", configs["fp32"], torch.device("cpu"),
+                     nullcontext)["acc"]
+    assert got["int8"]["test_value"] == truth and got["int8"]["run_id"] == ids["fp32"][0]
+    assert "(run: " in deploy_bench.format_table({"rows": [{**got["fp32"], "threads": 1, "batch": 1,
+        "ms": 1.0, "ms_q1": 1.0, "ms_q3": 1.0, "speedup": 1.0, "speedup_q1": 1.0, "speedup_q3": 1.0,
+        "file_bytes": 1024, "size_ratio": 1.0}]})
