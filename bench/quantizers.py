@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from kernels import compiled, prox_binary, prox_mbit, prox_ternary
+from kernels.levels_step import levels_cpp_available, levels_prox_step_
 
 if TYPE_CHECKING:
     from bench.methods import LayerSpec
@@ -251,6 +252,31 @@ class Binary(Quantizer):
         return w_hat >= 0
 
 
+# The C++ step of the alternating solvers (`kernels.levels_step`): on CPU it replaces the torch
+# reference's passes (eager, or compiled with ``compile=True``) for ``lat-approx`` and linear
+# ``laq``, warm-started from the previous step's scale and stopped once an update lowers the
+# objective by at most LEVELS_RTOL of itself (docs/kernels.md, "The m-bit and ternary CPU step").
+LEVELS_RTOL = 1e-4
+
+
+def _levels_cpp(options: ProxOptions, latent: torch.Tensor) -> bool:
+    """Whether the C++ step runs: a contiguous float32 CPU latent, backend ``auto`` (or the
+    ``compile`` that ``auto`` resolves to on CPU), and the extension builds."""
+    return (latent.device.type == "cpu" and latent.dtype == torch.float32
+            and latent.is_contiguous() and (options.backend == "auto" or options.compile)
+            and levels_cpp_available())
+
+
+def _levels_step(q: Quantizer, latent: torch.Tensor, v: torch.Tensor | None,
+                 prev: torch.Tensor | None, bits: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`kernels.levels_step.levels_prox_step_` of one weight, warm-started from its last alpha."""
+    n_groups = q.n_groups(latent.shape) if q.granularity != "tensor" else 1
+    alpha0 = q.state.get("alpha") if prev is not None else None
+    step = levels_prox_step_(latent, None if v is None else v.contiguous(), bits=bits,
+                             groups=n_groups, alpha0=alpha0, rtol=LEVELS_RTOL, secant=True)
+    return step.w_hat, step.alpha.reshape(()) if q.granularity == "tensor" else step.alpha
+
+
 class Ternary(Quantizer):
     """``twn``, ``lat``, ``lat-approx``: w_hat = alpha * {-1, 0, 1} by `kernels.prox_ternary`
     with the method's solver (warm-started from the previous w_hat)."""
@@ -260,6 +286,8 @@ class Ternary(Quantizer):
         return self.spec.method.solver == "approx"  # each alternation pass, compiled
 
     def prox_(self, latent, v, prev):
+        if self.spec.method.solver == "approx" and _levels_cpp(self.options, latent):
+            return _levels_step(self, latent, v, prev, bits=None)
         latent.clamp_(-1, 1)
         view, gran = self.grouped(latent)
         w_hat, alpha, _ = prox_ternary(view, self._d(v), solver=self.spec.method.solver,
@@ -277,6 +305,8 @@ class MBit(Quantizer):
         return True
 
     def prox_(self, latent, v, prev):
+        if self.spec.levels == "linear" and _levels_cpp(self.options, latent):
+            return _levels_step(self, latent, v, prev, bits=self.spec.bits)
         latent.clamp_(-1, 1)
         view, gran = self.grouped(latent)
         w_hat, alpha = prox_mbit(view, self._d(v), bits=self.spec.bits, levels=self.spec.levels,
