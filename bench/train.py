@@ -171,9 +171,10 @@ def resolve_backend(backend: str, device: torch.device, targets: list[QuantTarge
     """What ``backend="auto"`` means for this run: ``"compile"`` on a CPU with a C++ compiler when
     at least `AUTO_COMPILE_MIN_WEIGHTS` weights take the binary step (the paper's MLP: eager LAB
     costs 1.36x fp per step, compiled 1.0-1.15x across runs, and the few seconds of compiling
-    are repaid within the first epoch) or an alternating ternary/m-bit solver (lat-approx, laq:
-    one compiled pass per iteration); else ``"auto"`` (the hand-written Triton kernels on CUDA, the torch
-    reference elsewhere). Other values are returned as they are."""
+    are repaid within the first epoch) or an alternating ternary/m-bit solver (lat-approx and
+    linear-level laq then take the C++ step of `kernels.levels_step` when it builds, a compiled
+    pass per iteration otherwise; docs/kernels.md); else ``"auto"`` (the hand-written Triton
+    kernels on CUDA, the torch reference elsewhere). Other values are returned as they are."""
     if backend != "auto" or device.type != "cpu":
         return backend
     binary = sum(t.param.numel() for t in targets
