@@ -308,8 +308,13 @@ def _resume_point(path: Path, config: Any) -> tuple[int | None, str]:
 
 
 def remove_checkpoint(path: str | Path) -> None:
-    """Delete a run's checkpoint file and any temporary file a killed write left beside it."""
+    """Delete a run's checkpoint file and any temporary file a killed write left beside it (a
+    file that cannot be deleted is left with a warning: the run's outcome stands)."""
     path = Path(path)
     for f in [path, *path.parent.glob(path.name + ".*.tmp")]:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             f.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            log.warning("could not delete the checkpoint %s: %s", f, err)
