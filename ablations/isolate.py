@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -74,6 +75,17 @@ class PipeRecorder:
 
     def log_dict(self, obj: dict[str, Any], name: str) -> None:
         self.conn.send(("log_dict", (obj, name)))
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        """Hand a file (the run's model, docs/deploy.md) to the worker, which logs it and deletes
+        it: a copy in a folder of its own, since the run may delete ``local_path`` on return."""
+        folder = tempfile.mkdtemp(prefix="labbench-artifact-")
+        copy = shutil.copy2(local_path, Path(folder) / Path(local_path).name)
+        self.conn.send(("log_handed_file", (str(copy), artifact_path)))
+
+    def keep_checkpoint(self, state: dict[str, Any]) -> None:
+        """A trial keeps its checkpoint only in the harness's file (`_CheckpointKeeper`, which
+        answers this first); without one (``--no-checkpoints``) it keeps none, never in MLflow."""
 
 
 def warm_up() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import tempfile
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -83,11 +84,31 @@ def test_two_workers_run_every_cell_once_with_the_documented_layout(two, capsys)
         assert {"test_acc", "best_val_acc", "diverged", "wall_s", "val_acc", "train_loss"} \
             <= set(run.data.metrics)
         assert run.data.metrics["test_acc"] == trial.value
-        assert {"config.json", "env.json"} <= artifacts(uri, rt.run_id)
+        # the trial's model crossed the pipe into its MLflow run; its checkpoint did not
+        assert {"config.json", "env.json", "model"} <= artifacts(uri, rt.run_id)
+        assert "checkpoint" not in artifacts(uri, rt.run_id)
     assert len(cells) == 6 and all(seeds == {"0", "1"} for seeds in cells.values())
 
     frame = load_runs("two", uri)
     assert len(frame) == 12 and frame.attrs["seeds"] == [0, 1]
+    # a trial's exported model scores the test accuracy its trial recorded
+    from contextlib import nullcontext
+
+    import torch
+
+    from bench.data import load_dataset
+    from bench.deploy import export_model, load
+    from bench.train import evaluate
+
+    lab = next(r for r in children if r.data.params["method"] == "lab")
+    model = load(export_model(lab.info.run_id, root / "lab.safetensors", tracking_uri=uri),
+                 backend="torch")
+    config = spec.config({"method": "lab", "lr": float(lab.data.params["lr"])},
+                         int(lab.data.tags["labbench.seed"]))
+    data = load_dataset(config.dataset, train_limit=config.train_limit, eval_limit=config.eval_limit)
+    got = evaluate(model, data, "test", config, torch.device("cpu"), nullcontext)
+    assert got["acc"] == lab.data.metrics["test_acc"]
+    assert not list(Path(tempfile.gettempdir()).glob("labbench-artifact-*"))  # handed files gone
 
     # every run lives in a process of its own: a worker does not grow with the runs it has done
     for pid in {t.user_attrs["owner"]["pid"] for t in trials}:
