@@ -88,6 +88,17 @@ class PipeRecorder:
         answers this first); without one (``--no-checkpoints``) it keeps none, never in MLflow."""
 
 
+def _log_handed_file(recorder: Any, path: str, artifact_path: str | None) -> None:
+    """Log a file the run process handed over (`PipeRecorder.log_artifact`) with the worker's
+    recorder, when it keeps files, then delete the file and its folder in any case."""
+    try:
+        log_artifact = getattr(recorder, "log_artifact", None)
+        if log_artifact is not None:
+            log_artifact(path, artifact_path)
+    finally:
+        shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+
 def warm_up() -> None:
     """Import in the worker what a run imports lazily, so each forked run does not pay for it
     again (torch's optimizers import torch._dynamo on first use: seconds per run otherwise).
@@ -158,6 +169,8 @@ def run_isolated(fn: Callable[..., Any], config: Any, recorder: Any, *,
                 metrics = args
             elif kind == "error":
                 error = args
+            elif kind == "log_handed_file":
+                _log_handed_file(recorder, *args)
             else:
                 getattr(recorder, kind)(*args)
                 if kind == "log_metrics" and on_metrics is not None:

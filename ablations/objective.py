@@ -41,7 +41,6 @@ import importlib
 import json
 import math
 import os
-import shutil
 import socket
 import traceback
 from collections.abc import Callable, Iterator
@@ -361,14 +360,6 @@ class _ParamsTap:
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         self.recorder.log_artifact(local_path, artifact_path)
-
-    def log_handed_file(self, path: str, artifact_path: str | None = None) -> None:
-        """Log a file the run process handed over (`PipeRecorder.log_artifact`), then delete it
-        and its folder."""
-        try:
-            self.recorder.log_artifact(path, artifact_path)
-        finally:
-            shutil.rmtree(Path(path).parent, ignore_errors=True)
 
     def keep_checkpoint(self, state: dict[str, Any]) -> None:
         """As `PipeRecorder.keep_checkpoint` (a run in the worker's own process)."""

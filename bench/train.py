@@ -357,7 +357,15 @@ def run(config: RunConfig, recorder: Recorder | None = None, *, progress: bool =
         bench.data.DatasetNotFoundError: the dataset's files are missing.
         ValueError: the checkpoint is of another configuration.
     """
-    recorder = recorder or NullRecorder()
+    threads = torch.get_num_threads()  # config.threads holds for this run only
+    try:
+        return _run(config, recorder or NullRecorder(), progress, resume, replay)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: RunConfig, recorder: Recorder, progress: bool, resume: str | Path | None,
+         replay: bool) -> RunResult:
     t_start = time.perf_counter()
     session = build_session(config)
     state = load_checkpoint(session, resume) if resume is not None else Progress()

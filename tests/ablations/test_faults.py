@@ -302,3 +302,39 @@ def test_a_finished_study_leaves_no_checkpoint_and_no_checkpoints_keeps_none(tmp
     # deleted it when it ended; the runs of 'none' kept none
     assert [p.name for p in (root / "checkpoints").iterdir()] == ["kept"]
     assert not list((root / "checkpoints" / "kept").iterdir())
+
+
+def _hands_a_file(config, recorder):
+    """A run function that logs one file through its recorder, then deletes its own copy."""
+    import tempfile
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "final.safetensors"
+        path.write_bytes(b"model bytes")
+        recorder.log_artifact(str(path), "model")
+    return SimpleNamespace(metrics={"test_acc": 1.0})
+
+
+def test_a_file_the_run_process_hands_over_is_logged_by_the_worker_then_deleted(tmp_path):
+    from ablations.isolate import run_isolated
+
+    class Keeps(ListRecorder):
+        def __init__(self):
+            super().__init__()
+            self.files = []
+
+        def log_artifact(self, local_path, artifact_path=None):
+            from pathlib import Path
+
+            self.files.append((Path(local_path).name, artifact_path, Path(local_path).read_bytes(),
+                               Path(local_path).parent))
+
+    keeps = Keeps()
+    assert run_isolated(_hands_a_file, None, keeps) == {"test_acc": 1.0}
+    (name, where, data, folder), = keeps.files
+    assert (name, where, data) == ("final.safetensors", "model", b"model bytes")
+    assert not folder.exists()  # the handed copy's folder is gone once logged
+    # a worker-side recorder that keeps no files still gets the copy deleted, and the run goes on
+    assert run_isolated(_hands_a_file, None, ListRecorder()) == {"test_acc": 1.0}

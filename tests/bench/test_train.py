@@ -102,6 +102,13 @@ def test_runs_are_reproducible_in_a_fresh_process(tmp_path):
         assert there[key] == here[key], key
 
 
+def test_a_runs_thread_count_holds_for_that_run_only():
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    result = run(RunConfig(method="lab", hidden=16, epochs=1, steps=2, threads=wanted))
+    assert result.metrics["test_acc"] >= 0 and torch.get_num_threads() == before
+
+
 def test_auto_backend_compiles_only_big_binary_steps_on_a_cpu_with_a_compiler(monkeypatch):
     import bench.train as train
     from bench.train import build_run, resolve_backend
