@@ -9,7 +9,8 @@
                     baseline, axes, seeds, excluded runs...), the parent run's tags, column types
     runs.csv        the tidy frame of :func:`analysis.load_runs`: one row per finished run, every
                     param (each RunConfig field, ``seed`` included) and final metric by its name;
-                    what identifies a run's cell and its results, nothing else
+                    what identifies a run's cell and its results, nothing else; an unset field
+                    is `UNSET` (``-``), never empty
     runs-meta.csv   the run bookkeeping that differs between the seeds of one cell and is not a
                     setting or a result: run_id, trial, start_time, end_time
     curves.csv      per-epoch metrics, long: run_id, epoch, metric, value
@@ -47,13 +48,19 @@ import pandas as pd
 from analysis._mlflow import open_client, read_json_artifact
 from analysis.runs import load_curves, load_runs
 
-__all__ = ["FORMAT", "RUN_LEVEL_METRICS", "ArchiveError", "archive_artifacts", "archive_curves",
+__all__ = ["FORMAT", "RUN_LEVEL_METRICS", "UNSET", "ArchiveError", "archive_artifacts", "archive_curves",
            "environment_summary",
            "export_study", "load_archive", "verify_archive"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "labbench-archive/2"  # 2: run bookkeeping moved from runs.csv to runs-meta.csv
+FORMAT = "labbench-archive/3"  # 2: run bookkeeping moved to runs-meta.csv; 3: UNSET settings
+READABLE = ("labbench-archive/2", FORMAT)  # a 2 has empty cells where a 3 has UNSET
+UNSET = "-"
+"""What runs.csv holds for a RunConfig field that is unset (None) in a run, e.g. ``bits`` of a
+method without bits. Not an empty cell: readers take that for NaN, and NaN keys break a grouping
+of the runs by their settings (pandas' groupby drops those rows; tuples of NaN never compare
+equal), so each run would look like a cell of its own."""
 RUN_LEVEL_METRICS = ("best_epoch", "epochs_run", "diverged", "wall_s", "step_ms", "peak_mem_mb",
                      "state_mem_mb", "bits_per_weight", "packed_bytes")
 """Metrics logged once per run (docs/mlflow-layout.md); with the ``best_val_``, ``test_`` and
@@ -97,7 +104,8 @@ def export_study(study: str, tracking_uri: str, out_dir: str | Path) -> dict:
             "parent_tags": dict(sorted(client.get_run(attrs["parent_run_id"]).data.tags.items())),
             "columns": [[c, str(t)] for c, t in frame.dtypes.items()],  # in the frame's order
         }),
-        "runs.csv": _csv_bytes(frame.drop(columns=list(BOOKKEEPING))),
+        "runs.csv": _csv_bytes(frame.drop(columns=list(BOOKKEEPING)),
+                               unset=attrs.get("param_columns") or ()),
         "runs-meta.csv": _csv_bytes(frame[["run_id", *BOOKKEEPING]]),
         "curves.csv": _curves_bytes(curves),
         "env.csv": _csv_bytes(environment_summary(e for e in envs if isinstance(e, dict))),
@@ -216,12 +224,15 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _csv_bytes(frame: pd.DataFrame) -> bytes:
+def _csv_bytes(frame: pd.DataFrame, unset=()) -> bytes:
+    """The frame as CSV; a missing value of a column in ``unset`` (the settings) is `UNSET`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(frame.columns)
+    marks = [c in set(unset) for c in frame.columns]
     for row in frame.itertuples(index=False, name=None):
-        writer.writerow([_cell(v) for v in row])
+        writer.writerow([(_cell(v) or UNSET) if mark else _cell(v)
+                         for v, mark in zip(row, marks, strict=True)])
     return buffer.getvalue().encode()
 
 
@@ -266,7 +277,7 @@ def verify_archive(path: str | Path) -> dict:
                            "`labbench export STUDY --out DIR`)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArchiveError(f"{folder / 'manifest.json'}: not valid JSON ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in READABLE:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise ArchiveError(f"{folder / 'manifest.json'}: format {found!r}, expected {FORMAT!r}")
     listed = manifest.get("files")
@@ -307,7 +318,9 @@ def load_archive(path: str | Path) -> pd.DataFrame:
                                              and [r[0] for r in body] != list(columns["run_id"])):
             raise ArchiveError(f"{folder / name}: its columns or rows differ from meta.json's "
                                "and runs.csv's")
-        columns.update({c: _column([r[i] for r in body], types[c]) for i, c in enumerate(header)})
+        settings = set(meta["attrs"].get("param_columns") or ()) if name == "runs.csv" else set()
+        columns.update({c: _column([("" if c in settings and r[i] == UNSET else r[i]) for r in body],
+                                   types[c]) for i, c in enumerate(header)})
     if set(columns) != set(types):
         raise ArchiveError(f"{folder / 'runs.csv'}: its columns differ from meta.json's")
     frame = pd.DataFrame({c: columns[c] for c, _ in meta["columns"]})  # the frame's order

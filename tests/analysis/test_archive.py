@@ -257,3 +257,29 @@ def test_combined_studies_that_differ_in_tied_settings_get_study_as_the_axis():
     same = combine_studies([_part("a", seq_len=10), _part("b", seq_len=10)])
     assert same.attrs["axes"] == ["method"] and same.attrs["study_differs"] == []
 
+
+
+@pytest.mark.parametrize("study", ["quantizers-mlp", "lstm-clipping"])
+def test_published_runs_group_by_their_settings_as_pandas_reads_them(study):
+    """An unset setting (laq's bits for other methods) is written UNSET, not empty: read with
+    pandas' defaults and grouped by every RunConfig field but the seed, each cell holds all of
+    its seeds (an empty cell reads as NaN, and NaN keys made every run a cell of its own)."""
+    import dataclasses
+
+    from analysis.archive import UNSET
+    from bench.config import RunConfig
+
+    folder = Path(__file__).parents[2] / "docs" / "reports" / study / "archive"
+    runs = pd.read_csv(folder / "runs.csv")
+    settings = [f.name for f in dataclasses.fields(RunConfig) if f.name in runs and f.name != "seed"]
+    assert not runs[settings].isna().any().any() and (runs[settings] == UNSET).any().any()
+    by_tuple: dict[tuple, set] = {}
+    for key, seed in zip(runs[settings].itertuples(index=False, name=None), runs["seed"], strict=True):
+        by_tuple.setdefault(key, set()).add(seed)
+    per_cell = runs.groupby(settings)["seed"].nunique()
+    n_cells = runs["cell"].nunique()
+    assert len(by_tuple) == len(per_cell) == n_cells and per_cell.min() == 5
+    assert all(len(seeds) == 5 for seeds in by_tuple.values())
+    # load_archive reads UNSET back as missing: the frame the study's report was made from
+    frame = load_archive(folder)
+    assert frame["bits"].isna().sum() == (runs["bits"] == UNSET).sum() > 0
