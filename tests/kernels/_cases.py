@@ -70,3 +70,21 @@ def assert_scales_close(got: torch.Tensor, want: torch.Tensor, rtol: float = SCA
     """Scales of two float32 computations of the same sums, within ``rtol`` relative."""
     assert got.dtype == want.dtype == torch.float32 and got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=rtol, atol=0)
+
+
+FUSED_STATE_TOL = {"rtol": 1e-6, "atol": 1e-7}
+"""How close a fused Adam + LAB step's latents and moments must be to the torch reference's."""
+
+
+def assert_fused_step_matches(got, want, same_sign) -> None:
+    """A fused step's ``(latents, exp_avgs, exp_avg_sqs, [(w_hats, alphas)] per step)`` against
+    the reference's: the state to `FUSED_STATE_TOL`, every scale by `assert_scales_close`, and
+    ``same_sign(w_hat, want_hat)`` for every w_hat."""
+    for name, g, x in zip(("latents", "exp_avgs", "exp_avg_sqs"), got[:3], want[:3], strict=True):
+        for a, b in zip(g, x, strict=True):
+            torch.testing.assert_close(a, b, **FUSED_STATE_TOL, msg=lambda m, name=name: f"{name}: {m}")
+    for (w_hats, alphas), (want_hats, want_alphas) in zip(got[3], want[3], strict=True):
+        for w_hat, alpha, want_hat, want_alpha in zip(w_hats, alphas, want_hats, want_alphas,
+                                                      strict=True):
+            assert_scales_close(alpha, want_alpha)
+            assert same_sign(w_hat, want_hat)

@@ -14,7 +14,7 @@ import torch
 from kernels import fused
 from kernels._cpp import ExtensionBuildError
 from kernels.fused import fused_adam_lab_step_, fused_cpp_available
-from tests.kernels._cases import assert_scales_close, scale_view
+from tests.kernels._cases import assert_fused_step_matches, scale_view
 
 # Odd sizes; (3, 40000) and (16385,) cross the extension's 16384-element pieces, so a group's sums
 # come from several pieces (and threads); (8, 6) with "gate" is an LSTM matrix's 4 gate blocks.
@@ -63,14 +63,7 @@ def test_cpp_matches_the_reference(curvature, clip):
     latents, grads = problem(2)
     got = run("cpp", latents, grads, curvature, clip)
     want = run("torch", latents, grads, curvature, clip)
-    for name, g, x in zip(("latents", "exp_avgs", "exp_avg_sqs"), got[:3], want[:3], strict=True):
-        for a, b in zip(g, x, strict=True):
-            torch.testing.assert_close(a, b, **STATE_TOL, msg=lambda m, name=name: f"{name}: {m}")
-    for (w_hats, alphas), (want_hats, want_alphas) in zip(got[3], want[3], strict=True):
-        for w_hat, alpha, want_hat, want_alpha in zip(w_hats, alphas, want_hats, want_alphas,
-                                                      strict=True):
-            assert_scales_close(alpha, want_alpha)
-            assert torch.equal(torch.signbit(w_hat), torch.signbit(want_hat))
+    assert_fused_step_matches(got, want, lambda a, b: torch.equal(torch.signbit(a), torch.signbit(b)))
     # The last w_hat is alpha * sign(latent) exactly, sign(0) = +1, alpha of its own group.
     for w, w_hat, alpha, gran in zip(got[0], *got[3][-1], got[4], strict=True):
         assert torch.equal(w_hat, torch.where(w >= 0, 1.0, -1.0) * scale_view(alpha, w, gran))
