@@ -9,8 +9,9 @@ from typing import Any
 from ablations.bench_harness import null_run
 
 
-def slow_run(config: Any, recorder: Any) -> Any:
-    """`null_run` after ``$LABBENCH_TEST_SLEEP`` seconds (default 2): time to kill a worker."""
+def slow_run(config: Any, recorder: Any, **resume: Any) -> Any:
+    """`null_run` after ``$LABBENCH_TEST_SLEEP`` seconds (default 2): time to kill a worker. It
+    takes `bench.train.run`'s resume arguments and starts over (it has nothing to resume)."""
     time.sleep(float(os.environ.get("LABBENCH_TEST_SLEEP", "2")))
     return null_run(config, recorder)
 

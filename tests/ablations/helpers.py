@@ -59,9 +59,10 @@ def write_study(folder: Path, doc: dict[str, Any], filename: str | None = None) 
 
 
 def lab_env(**extra: str) -> dict[str, str]:
-    """Environment of labbench subprocesses: committed data, offline, tests importable."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("LABBENCH_STORAGE", "LABBENCH_RUN_FN", "MLFLOW_TRACKING_URI")}
+    """Environment of labbench subprocesses: committed data, offline, tests importable. What a
+    test set (``LABBENCH_RUN_FN`` included) is inherited: the autouse fixture already keeps the
+    caller's storage and run hook out."""
+    env = dict(os.environ)
     env.update({"LABBENCH_DATA": str(DATA), "LABBENCH_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
     env.update(extra)

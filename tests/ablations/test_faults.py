@@ -72,9 +72,10 @@ def test_kill_9_a_worker_mid_trial_then_repair_and_resume(tmp_path, capsys, monk
     assert "labbench worker killed --storage" in out
     monkeypatch.setenv("LABBENCH_RUN_FN", SLOW)
     monkeypatch.setenv("LABBENCH_TEST_SLEEP", "1.5")
-    env = lab_env()
-    a = start_labbench("worker", "killed", "--root", str(root), "--threads", "1", env=env,
-                       log=tmp_path / "a.log")
+    env = lab_env(LABBENCH_RUN_FN=SLOW)
+    # A's trial outlasts the kill, so it dies RUNNING (a short one could end first: a race)
+    a = start_labbench("worker", "killed", "--root", str(root), "--threads", "1",
+                       env={**env, "LABBENCH_TEST_SLEEP": "120"}, log=tmp_path / "a.log")
     b = start_labbench("worker", "killed", "--root", str(root), "--threads", "1", env=env,
                        log=tmp_path / "b.log")
     journal = str(root / "optuna.journal")

@@ -35,9 +35,10 @@ def test_postgres_heartbeat_retries_a_killed_workers_trial(tmp_path, capsys, mon
     # workers on "other machines": only the storage URL; the tracking URI comes from the study
     args = ("worker", "pg", "--storage", pg_url, "--threads", "1")
     # A's trial outlasts the kill, so it dies RUNNING (a short one could end first: a race)
-    a = start_labbench(*args, env=lab_env(LABBENCH_TEST_SLEEP="120"), log=tmp_path / "a.log",
+    slow = {"LABBENCH_RUN_FN": "tests.ablations.fakes:slow_run"}
+    a = start_labbench(*args, env=lab_env(**slow, LABBENCH_TEST_SLEEP="120"), log=tmp_path / "a.log",
                        cwd=tmp_path)
-    b = start_labbench(*args, env=lab_env(), log=tmp_path / "b.log", cwd=tmp_path)
+    b = start_labbench(*args, env=lab_env(**slow), log=tmp_path / "b.log", cwd=tmp_path)
 
     def running_trial_of_a():
         for t in load_study(pg_url, "pg").get_trials(deepcopy=False):
