@@ -450,23 +450,49 @@ class PackedMatrix(nn.Module):
                                    self.scale * per_row[:, 0], None, backend=self.backend)
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
-        """``W[:, idx]`` moved last: (*idx.shape, out), read from the packed bits (one-hot input)."""
-        flat = idx.reshape(-1).long()
-        start = flat * self.bits  # bit offset of code j in each row
-        padded = getattr(self, "_padded", None)
-        if padded is None or padded.device != self.codes.device:  # once: int32, a zero byte more
-            padded = self._padded = F.pad(self.codes, (0, 1)).to(torch.int32)  # codes may straddle
-        pair = padded[:, start // 8] | (padded[:, start // 8 + 1] << 8)  # (out, n)
-        c = ((pair >> (start % 8).to(torch.int32)) & ((1 << self.bits) - 1)).long()
-        lut = self.lut if self.lut.dim() == 1 else None
-        if lut is not None:
-            w = self.scale[:, None] * lut[c]
+        """``W[:, idx]`` moved last: (*idx.shape, out), read from the packed bits (one-hot input).
+
+        The first call keeps a copy of the codes packed column by column (``W.T`` in `pack_rows`'
+        layout: as many bytes as ``codes``), so that a column is one contiguous bitstream; with
+        1, 2, 4 or 8 bits a 256-entry table then turns each byte of it into its codes at once.
+        The values are ``scale[o] * lut[code]``, the same product `PackedMatrix.forward` uses."""
+        flat = idx.reshape(-1)
+        cols, byte_codes, byte_values = self._column_codes()
+        picked = cols[flat]  # (n, ceil(out * bits / 8)) uint8
+        out = self.out_features
+        if byte_values is not None:  # a byte's lut values in one lookup
+            values = F.embedding(picked.int(), byte_values)  # (n, bytes, 8 // bits)
+            w = self.scale * values.reshape(flat.shape[0], -1)[:, :out]  # (n, out), contiguous as
+            # F.embedding's result: torch's vectorised sigmoid/tanh can differ from the strided
+            # path in the last bit, and the loaded LSTM must match bench.layers.LSTM exactly
         else:
-            w = self.scale[:, None] * self.lut.repeat_interleave(
-                self.out_features // self.lut.shape[0], dim=0).gather(1, c)
-        # contiguous, as F.embedding's result: torch's vectorised sigmoid/tanh can differ from the
-        # strided path in the last bit, and the loaded LSTM must match bench.layers.LSTM exactly
-        return w.t().contiguous().reshape(*idx.shape, self.out_features)
+            c = (byte_codes[picked.long()].reshape(flat.shape[0], -1)[:, :out]
+                 if byte_codes is not None else unpack_rows(picked, self.bits, out).long())
+            if self.lut.dim() == 1:
+                w = self.scale * self.lut[c]
+            else:  # one lut per block of rows (ttq): row o reads lut[o // rows]
+                per_row = self.lut.repeat_interleave(out // self.lut.shape[0], dim=0)
+                w = self.scale * per_row.t().gather(0, c)
+        return w.reshape(*idx.shape, self.out_features)
+
+    def _column_codes(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(the codes packed column by column, (in, ceil(out * bits / 8)) uint8; the codes of each
+        byte value, (256, 8 // bits) int64, and their lut values (a 1-D lut), or None where codes
+        straddle bytes). Made once, and again after ``codes`` or ``lut`` change."""
+        key = (self.codes.device, self.codes._version, self.lut._version)
+        cached = getattr(self, "_columns_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        codes = unpack_rows(self.codes, self.bits, self.in_features)  # (out, in)
+        cols = pack_rows(codes.t().contiguous(), self.bits)
+        byte_codes = byte_values = None
+        if 8 % self.bits == 0:
+            values = torch.arange(256, dtype=torch.uint8, device=self.codes.device)[:, None]
+            byte_codes = unpack_rows(values, self.bits, 8 // self.bits).long()  # (256, 8 // bits)
+            if self.lut.dim() == 1:
+                byte_values = self.lut[byte_codes]
+        self._columns_cache = (key, (cols, byte_codes, byte_values))
+        return self._columns_cache[1]
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "

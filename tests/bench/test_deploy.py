@@ -155,13 +155,25 @@ def test_ttq_per_channel_scales_and_channel_lut(tmp_path):
 
 def test_packed_columns_read_the_bits_of_one_column():
     g = torch.Generator().manual_seed(0)
-    for bits in (1, 2, 3, 5, 8):
-        codes = torch.randint(0, 2 ** bits, (7, 13), generator=g, dtype=torch.uint8)
-        lut, scale = torch.randn(2 ** bits, generator=g), torch.rand(7, generator=g) + 0.5
-        m = deploy.PackedMatrix(deploy.pack_rows(codes, bits), scale, lut, bits, 13, "torch")
-        idx = torch.tensor([[0, 12, 5], [7, 7, 1]])
-        want = (scale[:, None] * lut[codes.long()]).t()[idx]  # brute force: the float matrix
-        assert torch.equal(m.columns(idx), want)
+    for bits in (1, 2, 3, 4, 5, 8):
+        for groups in (None, 1, 7):  # one lut; one lut per block of rows (ttq per gate/channel)
+            codes = torch.randint(0, 2 ** bits, (7, 13), generator=g, dtype=torch.uint8)
+            scale = torch.rand(7, generator=g) + 0.5
+            lut = torch.randn(*(() if groups is None else (groups,)), 2 ** bits, generator=g)
+            m = deploy.PackedMatrix(deploy.pack_rows(codes, bits), scale, lut, bits, 13, "torch")
+            rows = lut if groups is None else lut.repeat_interleave(7 // groups, dim=0)
+            w = scale[:, None] * (rows[codes.long()] if groups is None
+                                  else rows.gather(1, codes.long()))  # brute force: the matrix
+            idx = torch.tensor([[0, 12, 5], [7, 7, 1]])
+            got = m.columns(idx)
+            assert got.shape == (2, 3, 7) and torch.equal(got, w.t()[idx]), (bits, groups)
+            # the column copy follows the weights when they are loaded anew
+            other = torch.randint(0, 2 ** bits, (7, 13), generator=g, dtype=torch.uint8)
+            w = scale[:, None] * 2 * (rows[other.long()] if groups is None
+                                      else rows.gather(1, other.long()))
+            m.load_state_dict({"codes": deploy.pack_rows(other, bits), "scale": scale,
+                               "lut": lut * 2})  # (copied into m's buffers, which are lut itself)
+            assert torch.equal(m.columns(idx), w.t()[idx]), (bits, groups)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
