@@ -2,6 +2,8 @@
 
 Two workloads: the paper's MLP (784-2048x3-10, Linear -> BN -> ReLU) and one step of a 1 x 512
 char-level LSTM cell (the input's column lookup, the 512 x 2048 recurrent matmul and the gates).
+Each MLP variant has its batch norms folded into the linear layers before it
+(`bench.fold.fold_batchnorm`), as a deployment does (``fold=False`` / ``--no-fold``: as trained).
 Four variants each:
 
 - ``fp32``: the network as `bench.models` builds it;
@@ -41,6 +43,7 @@ from torch import nn
 
 from bench.config import RunConfig
 from bench.deploy import PackedLSTM, load, pack_model
+from bench.fold import fold_batchnorm
 from bench.layers import init_weights, quantizable_weights
 from bench.models import build_model
 from kernels import prox_binary, prox_ternary
@@ -111,9 +114,10 @@ def _packed_step(lstm: PackedLSTM) -> Callable[..., Any]:
     return step
 
 
-def build_variants(workload: str, backend: str, tmp: Path, hidden: int = 512
+def build_variants(workload: str, backend: str, tmp: Path, hidden: int = 512, *, fold: bool = True
                    ) -> tuple[dict[str, Callable[..., Any]], dict[str, int], Callable[[int], tuple]]:
-    """The four callables of a workload, their file sizes, and a function making inputs of a batch."""
+    """The four callables of a workload, their file sizes, and a function making inputs of a batch
+    (with ``fold``, the MLP's batch norms folded into its linear layers, int8's before quantizing)."""
     if workload == "mlp":
         in_shape, classes = (1, 28, 28), 10
         make = lambda m: RunConfig(model="mlp", method=m)  # noqa: E731
@@ -131,6 +135,8 @@ def build_variants(workload: str, backend: str, tmp: Path, hidden: int = 512
         path = tmp / f"{workload}-{variant}.safetensors"
         sizes[variant] = _file_bytes(model, config, in_shape, classes, path)
         loaded = load(path, backend=backend)
+        if fold and workload == "mlp":
+            loaded = fold_batchnorm(loaded)
         if variant == "fp32":
             fp_model = loaded
         if workload == "mlp":
@@ -197,11 +203,12 @@ def time_cell(fns: dict[str, Callable[..., Any]], args: tuple, reps: int, target
 
 
 def measure_run_model(run_id: str, tracking_uri: str, *, int8: bool = False,
-                      backend: str = "auto") -> dict[str, Any]:
+                      backend: str = "auto", fold: bool = True) -> dict[str, Any]:
     """The test metric of a run's exported model, measured here: `bench.deploy.export_model`
     (the best epoch's model, the one the run's test metrics were measured on), `bench.deploy.load`,
-    then `bench.train.evaluate` on the run's test split. With ``int8``, the loaded model is first
-    put through `quantize_int8` (a fp run's model, deployed as dynamic int8).
+    then `bench.train.evaluate` on the run's test split. With ``fold``, its batch norms are first
+    folded into the layers before them (`bench.fold.fold_batchnorm`; the model that is timed); with
+    ``int8``, the model is then put through `quantize_int8` (a fp run's model, deployed as int8).
 
     Returns:
         ``{"test_metric", "test_value", "recorded"}``: ``test_acc`` (MLP) or ``test_bpc`` (LSTM),
@@ -219,6 +226,8 @@ def measure_run_model(run_id: str, tracking_uri: str, *, int8: bool = False,
         path = export_model(run_id, Path(tmp) / "model.safetensors", tracking_uri=tracking_uri)
         model = load(path, backend=backend)
     config = RunConfig.from_dict(json.loads(model.deploy_metadata["config"]))
+    if fold and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        model = fold_batchnorm(model)
     if int8:
         model = quantize_int8(model)
     data = load_dataset(config.dataset, train_limit=config.train_limit, eval_limit=config.eval_limit)
@@ -229,7 +238,7 @@ def measure_run_model(run_id: str, tracking_uri: str, *, int8: bool = False,
 
 
 def attach_accuracy(rows: list[dict[str, Any]], runs: dict[str, dict[str, str]],
-                    tracking_uri: str | None, backend: str = "auto") -> None:
+                    tracking_uri: str | None, backend: str = "auto", fold: bool = True) -> None:
     """Each row's test metric, measured on the model of the run named for its workload and
     variant (`measure_run_model`); the int8 row, when no int8 run is named, on the fp32 run's
     model quantized to int8. "-" when no run is named."""
@@ -242,14 +251,14 @@ def attach_accuracy(rows: list[dict[str, Any]], runs: dict[str, dict[str, str]],
         if run_id and tracking_uri:
             if (run_id, int8) not in cache:
                 cache[run_id, int8] = measure_run_model(run_id, tracking_uri, int8=int8,
-                                                        backend=backend)
+                                                        backend=backend, fold=fold)
             row.update(cache[run_id, int8])
 
 
 def deploy_bench(*, workloads: Sequence[str] = ("mlp", "lstm"), batches: Sequence[int] = (1, 8, 64),
                  threads: Sequence[int] | None = None, reps: int = 15, target_ms: float = 5.0,
                  backend: str = "auto", runs: dict[str, dict[str, str]] | None = None,
-                 tracking_uri: str | None = None) -> dict[str, Any]:
+                 tracking_uri: str | None = None, fold: bool = True) -> dict[str, Any]:
     """Measure every (workload, threads, batch, variant) cell; return rows and the environment.
 
     Args:
@@ -261,6 +270,8 @@ def deploy_bench(*, workloads: Sequence[str] = ("mlp", "lstm"), batches: Sequenc
         backend: `kernels.packed_linear` backend of the packed rows.
         runs: ``{workload: {variant: run_id}}`` for the test-metric column.
         tracking_uri: where those runs are.
+        fold: fold the MLP's batch norms into its linear layers (every variant) before timing and
+            before measuring the test metric.
 
     Returns:
         ``{"rows": [...], "env": {...}}``; a row has workload, variant, threads, batch, ms (median),
@@ -273,7 +284,7 @@ def deploy_bench(*, workloads: Sequence[str] = ("mlp", "lstm"), batches: Sequenc
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for workload in workloads:
-                fns, sizes, inputs = build_variants(workload, backend, Path(tmp))
+                fns, sizes, inputs = build_variants(workload, backend, Path(tmp), fold=fold)
                 for n in threads:
                     torch.set_num_threads(n)
                     for batch in batches:
@@ -284,7 +295,7 @@ def deploy_bench(*, workloads: Sequence[str] = ("mlp", "lstm"), batches: Sequenc
                                          "size_ratio": sizes["fp32"] / sizes[v]})
     finally:
         torch.set_num_threads(before)
-    attach_accuracy(rows, runs or {}, tracking_uri, backend)
+    attach_accuracy(rows, runs or {}, tracking_uri, backend, fold)
     from bench.record import env_info
 
     env = env_info()
@@ -294,7 +305,7 @@ def deploy_bench(*, workloads: Sequence[str] = ("mlp", "lstm"), batches: Sequenc
         env["packed_cpp"] = cpp_available()
     except ImportError:  # pragma: no cover - before kernels/packed_matmul.py
         env["packed_cpp"] = False
-    env.update({"backend": backend, "reps": reps, "target_ms": target_ms,
+    env.update({"backend": backend, "reps": reps, "target_ms": target_ms, "fold_batchnorm": fold,
                 "int8": "torch.ao.quantization.quantize_dynamic (qint8, nn.Linear)"})
     return {"rows": rows, "env": env}
 
@@ -349,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="LSTM runs whose test bits/char each LSTM row shows")
     parser.add_argument("--root", default="labbench-runs", help="run root (default ./labbench-runs)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///ROOT/mlflow.db)")
+    parser.add_argument("--no-fold", action="store_true", help="keep the MLP's batch norms as "
+                        "trained instead of folding them into the linear layers (every variant)")
     parser.add_argument("--out", metavar="DIR", help="write results.json and results.md here")
     args = parser.parse_args(argv)
     try:
@@ -368,13 +381,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         uri = args.tracking_uri or f"sqlite:///{Path(args.root).expanduser().resolve() / 'mlflow.db'}"
     result = deploy_bench(workloads=workloads, batches=batches, threads=sorted(set(threads)),
                           reps=args.reps, target_ms=args.target_ms, backend=args.backend, runs=runs,
-                          tracking_uri=uri)
+                          tracking_uri=uri, fold=not args.no_fold)
     table = format_table(result)
     print(table)
     if not any(runs.values()):
         print("test column: '-' (no trained runs given; pass --run fp=ID,lab=ID,2bit=ID and --lstm-run)")
+    folded = "folded into the linear layers" if not args.no_fold else "as trained (not folded)"
     print(f"packed backend {args.backend} (C++ kernel available: {result['env']['packed_cpp']}); "
-          f"{args.reps} interleaved repetitions per cell on {result['env']['cpu']}")
+          f"MLP batch norms {folded}; {args.reps} interleaved repetitions per cell on "
+          f"{result['env']['cpu']}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -382,7 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         (out / "results.md").write_text(
             f"# labbench deploy-bench\n\n{table}\n\nCPU: {result['env']['cpu']} "
             f"({result['env']['cpu_count']} cores), torch {result['env']['packages']['torch']}, "
-            f"packed backend {args.backend}, C++ kernel: {result['env']['packed_cpp']}; "
+            f"packed backend {args.backend}, C++ kernel: {result['env']['packed_cpp']}; MLP batch "
+            f"norms {folded}; "
             f"{args.reps} interleaved repetitions per cell, ~{args.target_ms:g} ms per sample.\n")
         print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0 if all(math.isfinite(r["ms"]) for r in result["rows"]) else 1
