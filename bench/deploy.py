@@ -51,7 +51,8 @@ from bench.config import RunConfig
 from bench.layers import LSTM, LSTMLayer, quantizable_weights
 from bench.methods import LayerSpec, resolve_layers
 from bench.models import build_model
-from kernels import pack_rows, packed_linear, unpack_rows
+from kernels import cpp_available, pack_rows, packed_linear, unpack_rows
+from kernels.packed_matmul import _packed_linear_cpp
 
 __all__ = [
     "FORMAT",
@@ -424,13 +425,37 @@ class PackedMatrix(nn.Module):
         self.register_buffer("codes", codes)
         self.register_buffer("scale", scale.float())
         self.register_buffer("lut", lut.float())
+        self._checked: tuple[torch.Tensor, ...] | None = None  # weights `_direct` has checked
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (..., in) -> (..., out)."""
+    def _direct(self, x: torch.Tensor, bias: torch.Tensor | None) -> bool:
+        """Whether ``x`` can go straight to the C++ kernel. `packed_linear`'s checks of the weights
+        ran once, by one call, for the very tensors held now (in-place changes keep their shapes
+        and dtypes; a new tensor is checked again); x's dtype and shape are checked here, cheaply,
+        and the C++ kernel checks every shape and device again."""
+        held = self._buffers
+        checked = self._checked
+        if checked is None or checked[0] is not held["codes"] or checked[1] is not held["lut"] \
+                or checked[2] is not held["scale"]:
+            if self.lut.dim() != 1 or self.backend not in ("auto", "cpp") \
+                    or self.codes.device.type != "cpu" or not cpp_available():
+                return False
+            packed_linear(torch.zeros(1, self.in_features), self.codes, self.bits,
+                          self.in_features, self.lut, self.scale, backend="cpp")  # raises if bad
+            self._checked = (held["codes"], held["lut"], held["scale"])
+        # shapes and devices are checked again in C++ (TORCH_CHECK), so a mistake raises there
+        return x.dtype == torch.float32 and x.dim() == 2 and x.shape[1] == self.in_features
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False
+                ) -> torch.Tensor:
+        """x: (..., in) -> (..., out); with ``relu``, relu of that (in the kernel's epilogue)."""
+        if self._direct(x, bias):  # the common CPU case, without re-checking constant weights
+            return _packed_linear_cpp(x, self.codes, self.bits, self.in_features, self.lut,
+                                      self.scale, bias, relu)
         if self.lut.dim() == 1:
             return packed_linear(x, self.codes, self.bits, self.in_features, self.lut, self.scale,
-                                 bias, backend=self.backend)
-        return self._grouped(x, bias)
+                                 bias, backend=self.backend, relu=relu)
+        y = self._grouped(x, bias)
+        return torch.relu(y) if relu else y
 
     def _grouped(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """One lut per row block (ttq): a packed_linear per block (G <= 8), else ttq's two halves:
@@ -515,16 +540,20 @@ class FloatMatrix(nn.Module):
 
 
 class PackedLinear(nn.Module):
-    """`nn.Linear` with a packed weight: y = x @ (scale * lut[codes]).T + bias."""
+    """`nn.Linear` with a packed weight: y = x @ (scale * lut[codes]).T + bias; with ``relu``,
+    followed by a ReLU in the same kernel call (`bench.fold.fuse_for_inference` sets it)."""
 
-    def __init__(self, matrix: PackedMatrix, bias: torch.Tensor | None):
+    def __init__(self, matrix: PackedMatrix, bias: torch.Tensor | None, relu: bool = False):
         super().__init__()
-        self.matrix = matrix
+        self.matrix, self.relu = matrix, relu
         self.in_features, self.out_features = matrix.in_features, matrix.out_features
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.matrix(x, self.bias)
+        return self.matrix(x, self.bias, self.relu)
+
+    def extra_repr(self) -> str:
+        return "relu=True" if self.relu else ""
 
 
 class PackedLSTM(nn.Module):

@@ -2,8 +2,9 @@
 
 Two workloads: the paper's MLP (784-2048x3-10, Linear -> BN -> ReLU) and one step of a 1 x 512
 char-level LSTM cell (the input's column lookup, the 512 x 2048 recurrent matmul and the gates).
-Each MLP variant has its batch norms folded into the linear layers before it
-(`bench.fold.fold_batchnorm`), as a deployment does (``fold=False`` / ``--no-fold``: as trained).
+Each MLP variant is prepared for inference as a deployment would be (`bench.fold.fuse_for_inference`):
+batch norms folded into the linear layers before them, each Linear -> ReLU pair fused (int8:
+PyTorch's fused dynamic LinearReLU); ``fuse=False`` / ``--no-fuse`` times them as trained.
 Four variants each:
 
 - ``fp32``: the network as `bench.models` builds it;
@@ -40,10 +41,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.ao.nn.intrinsic import LinearReLU
 
 from bench.config import RunConfig
 from bench.deploy import PackedLSTM, load, pack_model
-from bench.fold import fold_batchnorm
+from bench.fold import fuse_for_inference
 from bench.layers import init_weights, quantizable_weights
 from bench.models import build_model
 from kernels import prox_binary, prox_ternary
@@ -56,11 +58,13 @@ LSTM_VOCAB = 100  # a char vocabulary's size (the input lookup is cheap next to 
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """PyTorch's dynamic int8 quantization of every nn.Linear (torch.ao; deprecated in favour of
+    """PyTorch's dynamic int8 quantization of every nn.Linear, and of every fused Linear -> ReLU
+    (`bench.fold.fuse_for_inference`) into its fused int8 module (torch.ao; deprecated in favour of
     torchao, but it runs on torch 2.13's CPU build with the fbgemm/x86 kernels)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear, LinearReLU},
+                                                      dtype=torch.qint8)
 
 
 def _on_levels(model: nn.Module, method: str) -> None:
@@ -114,10 +118,10 @@ def _packed_step(lstm: PackedLSTM) -> Callable[..., Any]:
     return step
 
 
-def build_variants(workload: str, backend: str, tmp: Path, hidden: int = 512, *, fold: bool = True
+def build_variants(workload: str, backend: str, tmp: Path, hidden: int = 512, *, fuse: bool = True
                    ) -> tuple[dict[str, Callable[..., Any]], dict[str, int], Callable[[int], tuple]]:
     """The four callables of a workload, their file sizes, and a function making inputs of a batch
-    (with ``fold``, the MLP's batch norms folded into its linear layers, int8's before quantizing)."""
+    (with ``fuse``, the MLP prepared by `bench.fold.fuse_for_inference`, int8's before quantizing)."""
     if workload == "mlp":
         in_shape, classes = (1, 28, 28), 10
         make = lambda m: RunConfig(model="mlp", method=m)  # noqa: E731
@@ -135,8 +139,8 @@ def build_variants(workload: str, backend: str, tmp: Path, hidden: int = 512, *,
         path = tmp / f"{workload}-{variant}.safetensors"
         sizes[variant] = _file_bytes(model, config, in_shape, classes, path)
         loaded = load(path, backend=backend)
-        if fold and workload == "mlp":
-            loaded = fold_batchnorm(loaded)
+        if fuse and workload == "mlp":
+            loaded = fuse_for_inference(loaded)
         if variant == "fp32":
             fp_model = loaded
         if workload == "mlp":
@@ -203,11 +207,11 @@ def time_cell(fns: dict[str, Callable[..., Any]], args: tuple, reps: int, target
 
 
 def measure_run_model(run_id: str, tracking_uri: str, *, int8: bool = False,
-                      backend: str = "auto", fold: bool = True) -> dict[str, Any]:
+                      backend: str = "auto", fuse: bool = True) -> dict[str, Any]:
     """The test metric of a run's exported model, measured here: `bench.deploy.export_model`
     (the best epoch's model, the one the run's test metrics were measured on), `bench.deploy.load`,
-    then `bench.train.evaluate` on the run's test split. With ``fold``, its batch norms are first
-    folded into the layers before them (`bench.fold.fold_batchnorm`; the model that is timed); with
+    then `bench.train.evaluate` on the run's test split. With ``fuse``, a model with batch norms is
+    first put through `bench.fold.fuse_for_inference` (as the timed models are); with
     ``int8``, the model is then put through `quantize_int8` (a fp run's model, deployed as int8).
 
     Returns:
@@ -226,8 +230,8 @@ def measure_run_model(run_id: str, tracking_uri: str, *, int8: bool = False,
         path = export_model(run_id, Path(tmp) / "model.safetensors", tracking_uri=tracking_uri)
         model = load(path, backend=backend)
     config = RunConfig.from_dict(json.loads(model.deploy_metadata["config"]))
-    if fold and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        model = fold_batchnorm(model)
+    if fuse and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        model = fuse_for_inference(model)
     if int8:
         model = quantize_int8(model)
     data = load_dataset(config.dataset, train_limit=config.train_limit, eval_limit=config.eval_limit)
@@ -238,7 +242,7 @@ def measure_run_model(run_id: str, tracking_uri: str, *, int8: bool = False,
 
 
 def attach_accuracy(rows: list[dict[str, Any]], runs: dict[str, dict[str, str]],
-                    tracking_uri: str | None, backend: str = "auto", fold: bool = True) -> None:
+                    tracking_uri: str | None, backend: str = "auto", fuse: bool = True) -> None:
     """Each row's test metric, measured on the model of the run named for its workload and
     variant (`measure_run_model`); the int8 row, when no int8 run is named, on the fp32 run's
     model quantized to int8. "-" when no run is named."""
@@ -251,14 +255,14 @@ def attach_accuracy(rows: list[dict[str, Any]], runs: dict[str, dict[str, str]],
         if run_id and tracking_uri:
             if (run_id, int8) not in cache:
                 cache[run_id, int8] = measure_run_model(run_id, tracking_uri, int8=int8,
-                                                        backend=backend, fold=fold)
+                                                        backend=backend, fuse=fuse)
             row.update(cache[run_id, int8])
 
 
 def deploy_bench(*, workloads: Sequence[str] = ("mlp", "lstm"), batches: Sequence[int] = (1, 8, 64),
                  threads: Sequence[int] | None = None, reps: int = 15, target_ms: float = 5.0,
                  backend: str = "auto", runs: dict[str, dict[str, str]] | None = None,
-                 tracking_uri: str | None = None, fold: bool = True) -> dict[str, Any]:
+                 tracking_uri: str | None = None, fuse: bool = True) -> dict[str, Any]:
     """Measure every (workload, threads, batch, variant) cell; return rows and the environment.
 
     Args:
@@ -270,8 +274,8 @@ def deploy_bench(*, workloads: Sequence[str] = ("mlp", "lstm"), batches: Sequenc
         backend: `kernels.packed_linear` backend of the packed rows.
         runs: ``{workload: {variant: run_id}}`` for the test-metric column.
         tracking_uri: where those runs are.
-        fold: fold the MLP's batch norms into its linear layers (every variant) before timing and
-            before measuring the test metric.
+        fuse: put every MLP variant through `bench.fold.fuse_for_inference` (batch norms folded,
+            Linear -> ReLU fused) before timing it and before measuring its test metric.
 
     Returns:
         ``{"rows": [...], "env": {...}}``; a row has workload, variant, threads, batch, ms (median),
@@ -284,7 +288,7 @@ def deploy_bench(*, workloads: Sequence[str] = ("mlp", "lstm"), batches: Sequenc
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for workload in workloads:
-                fns, sizes, inputs = build_variants(workload, backend, Path(tmp), fold=fold)
+                fns, sizes, inputs = build_variants(workload, backend, Path(tmp), fuse=fuse)
                 for n in threads:
                     torch.set_num_threads(n)
                     for batch in batches:
@@ -295,7 +299,7 @@ def deploy_bench(*, workloads: Sequence[str] = ("mlp", "lstm"), batches: Sequenc
                                          "size_ratio": sizes["fp32"] / sizes[v]})
     finally:
         torch.set_num_threads(before)
-    attach_accuracy(rows, runs or {}, tracking_uri, backend, fold)
+    attach_accuracy(rows, runs or {}, tracking_uri, backend, fuse)
     from bench.record import env_info
 
     env = env_info()
@@ -305,7 +309,7 @@ def deploy_bench(*, workloads: Sequence[str] = ("mlp", "lstm"), batches: Sequenc
         env["packed_cpp"] = cpp_available()
     except ImportError:  # pragma: no cover - before kernels/packed_matmul.py
         env["packed_cpp"] = False
-    env.update({"backend": backend, "reps": reps, "target_ms": target_ms, "fold_batchnorm": fold,
+    env.update({"backend": backend, "reps": reps, "target_ms": target_ms, "fuse_for_inference": fuse,
                 "int8": "torch.ao.quantization.quantize_dynamic (qint8, nn.Linear)"})
     return {"rows": rows, "env": env}
 
@@ -360,8 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="LSTM runs whose test bits/char each LSTM row shows")
     parser.add_argument("--root", default="labbench-runs", help="run root (default ./labbench-runs)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///ROOT/mlflow.db)")
-    parser.add_argument("--no-fold", action="store_true", help="keep the MLP's batch norms as "
-                        "trained instead of folding them into the linear layers (every variant)")
+    parser.add_argument("--no-fuse", action="store_true", help="time the MLP as trained instead "
+                        "of folding its batch norms and fusing Linear -> ReLU (every variant)")
     parser.add_argument("--out", metavar="DIR", help="write results.json and results.md here")
     args = parser.parse_args(argv)
     try:
@@ -381,14 +385,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         uri = args.tracking_uri or f"sqlite:///{Path(args.root).expanduser().resolve() / 'mlflow.db'}"
     result = deploy_bench(workloads=workloads, batches=batches, threads=sorted(set(threads)),
                           reps=args.reps, target_ms=args.target_ms, backend=args.backend, runs=runs,
-                          tracking_uri=uri, fold=not args.no_fold)
+                          tracking_uri=uri, fuse=not args.no_fuse)
     table = format_table(result)
     print(table)
     if not any(runs.values()):
         print("test column: '-' (no trained runs given; pass --run fp=ID,lab=ID,2bit=ID and --lstm-run)")
-    folded = "folded into the linear layers" if not args.no_fold else "as trained (not folded)"
+    folded = ("batch norms folded, Linear -> ReLU fused" if not args.no_fuse
+              else "as trained (batch norms and ReLUs separate)")
     print(f"packed backend {args.backend} (C++ kernel available: {result['env']['packed_cpp']}); "
-          f"MLP batch norms {folded}; {args.reps} interleaved repetitions per cell on "
+          f"MLP {folded}; {args.reps} interleaved repetitions per cell on "
           f"{result['env']['cpu']}")
     if args.out:
         out = Path(args.out)
@@ -397,8 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         (out / "results.md").write_text(
             f"# labbench deploy-bench\n\n{table}\n\nCPU: {result['env']['cpu']} "
             f"({result['env']['cpu_count']} cores), torch {result['env']['packages']['torch']}, "
-            f"packed backend {args.backend}, C++ kernel: {result['env']['packed_cpp']}; MLP batch "
-            f"norms {folded}; "
+            f"packed backend {args.backend}, C++ kernel: {result['env']['packed_cpp']}; MLP "
+            f"{folded}; "
             f"{args.reps} interleaved repetitions per cell, ~{args.target_ms:g} ms per sample.\n")
         print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0 if all(math.isfinite(r["ms"]) for r in result["rows"]) else 1

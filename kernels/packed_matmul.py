@@ -178,7 +178,7 @@ def _warn_fallback() -> None:
                   f"{_extension()}", RuntimeWarning, stacklevel=3)
 
 
-def _packed_linear_cpp(x, packed, bits, in_features, lut, scale, bias):
+def _packed_linear_cpp(x, packed, bits, in_features, lut, scale, bias, relu=False):
     ext = _extension()
     if isinstance(ext, ExtensionBuildError):
         raise ext
@@ -190,7 +190,7 @@ def _packed_linear_cpp(x, packed, bits, in_features, lut, scale, bias):
         if width != in_features:
             x = torch.nn.functional.pad(x, (0, width - in_features))
     return ext.packed_linear(x, packed, bits, in_features, lut, scale, bias,
-                             0 if simd else _idx_bits(x.shape[0]))
+                             0 if simd else _idx_bits(x.shape[0]), relu)
 
 
 # %% Triton fast path
@@ -269,10 +269,11 @@ def _packed_linear_triton(x, packed, bits, in_features, lut, scale, bias):
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bits: int, in_features: int,
                   lut: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None, *,
-                  backend: str = "auto") -> torch.Tensor:
+                  backend: str = "auto", relu: bool = False) -> torch.Tensor:
     """A linear layer whose weight is ``scale[:, None] * lut[codes]``, codes packed by `pack_rows`.
 
-    Computes ``y = x @ (scale[:, None] * lut[codes]).T + bias`` in float32.
+    Computes ``y = x @ (scale[:, None] * lut[codes]).T + bias`` in float32, then ``relu(y)`` with
+    ``relu`` (in the C++ kernel's epilogue: one call for a Linear -> ReLU pair).
 
     Args:
         x: ``(..., in_features)`` float tensor (computed in float32).
@@ -285,6 +286,7 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bits: int, in_features:
         scale: ``(out,)`` float32 per output row.
         bias: ``(out,)`` float, or None.
         backend: ``"auto"``, ``"torch"``, ``"cpp"`` or ``"triton"`` (module docstring).
+        relu: apply ``torch.relu`` to the result.
 
     Returns:
         ``(..., out)`` tensor of x's dtype on x's device.
@@ -320,7 +322,7 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bits: int, in_features:
         if x.device.type != "cpu":
             raise ValueError(f"packed_linear: backend='cpp' needs CPU tensors, got {x.device}")
         if backend == "cpp" or cpp_available():
-            y = _packed_linear_cpp(x2, packed, bits, in_features, lut, scale, bias)
+            y = _packed_linear_cpp(x2, packed, bits, in_features, lut, scale, bias, bool(relu))
             if x.dtype != torch.float32:
                 y = y.to(x.dtype)
             return y if flat else y.reshape(*x.shape[:-1], out)
@@ -331,4 +333,6 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bits: int, in_features:
                            triton_impl=_packed_linear_triton)
     y = impl(x2.float(), packed, bits, in_features, lut.float(), scale.float(),
              None if bias is None else bias.float())
+    if relu:
+        y = torch.relu(y)
     return y.to(x.dtype).reshape(*x.shape[:-1], out)

@@ -323,11 +323,25 @@ void decode_linear(const float* x, int64_t ldx, int64_t batch, int64_t in, const
 
 // x: (batch, ldx) float, zero-padded from in_features to ldx >= row_bytes * 8 / bits for the byte
 // table paths (they read whole bytes of codes); packed: (out, row_bytes) uint8; lut: (2^bits,);
-// scale: (out,); bias: (out,) or None. Shapes are checked by the caller (packed_matmul.py); here
-// every operand becomes contiguous float32. Returns y: (batch, out) float32.
-torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed, int64_t bits,
-                            int64_t in_features, torch::Tensor lut, torch::Tensor scale,
-                            std::optional<torch::Tensor> bias_opt, int64_t idx_bits) {
+// scale: (out,); bias: (out,) or None; relu: y = max(y, 0) (NaN stays NaN, as torch.relu). Shapes
+// are checked by the caller (packed_matmul.py); here every operand becomes contiguous float32.
+// Returns y: (batch, out) float32.
+torch::Tensor packed_linear_impl(torch::Tensor x, torch::Tensor packed, int64_t bits,
+                                 int64_t in_features, torch::Tensor lut, torch::Tensor scale,
+                                 std::optional<torch::Tensor> bias_opt, int64_t idx_bits) {
+  // The Python wrapper checks everything with clear messages; these only keep a caller that skips
+  // it (bench.deploy's per-call fast path) from reading out of bounds.
+  TORCH_CHECK(bits >= 1 && bits <= 8 && in_features >= 0, "packed_linear: bad bits or in_features");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) >= in_features && packed.dim() == 2 &&
+              packed.scalar_type() == torch::kUInt8 &&
+              packed.size(1) == (in_features * bits + 7) / 8,
+              "packed_linear: x (batch, >= in) and packed (out, ceil(in * bits / 8)) uint8 expected");
+  TORCH_CHECK(lut.numel() == (int64_t{1} << bits) && scale.numel() == packed.size(0) &&
+              (!bias_opt.has_value() || bias_opt->numel() == packed.size(0)),
+              "packed_linear: lut needs 2^bits values, scale and bias one per output row");
+  TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu() && lut.device().is_cpu() &&
+              scale.device().is_cpu() && (!bias_opt.has_value() || bias_opt->device().is_cpu()),
+              "packed_linear: CPU tensors expected");
   x = x.to(torch::kFloat).contiguous();
   packed = packed.contiguous();
   lut = lut.to(torch::kFloat).contiguous();
@@ -359,6 +373,18 @@ torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed, int64_t bits,
   else if (bits == 2 && idx_bits == 4) lut_linear<2, 4>(xp, ldx, batch, wp, row_bytes, out, lp, sp, bp, yp);
   else decode_linear(xp, ldx, batch, in_features, wp, row_bytes, out, static_cast<int>(bits), lp,
                      sp, bp, yp);
+  return y;
+}
+
+torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed, int64_t bits,
+                            int64_t in_features, torch::Tensor lut, torch::Tensor scale,
+                            std::optional<torch::Tensor> bias_opt, int64_t idx_bits, bool relu) {
+  auto y = packed_linear_impl(x, packed, bits, in_features, lut, scale, bias_opt, idx_bits);
+  if (relu) {  // the epilogue of a Linear -> ReLU pair, without a second op call
+    float* yp = y.data_ptr<float>();
+    const int64_t n = y.numel();
+    for (int64_t i = 0; i < n; ++i) yp[i] = std::max(yp[i], 0.0f);  // max(NaN, 0) is NaN
+  }
   return y;
 }
 

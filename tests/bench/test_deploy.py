@@ -345,3 +345,29 @@ def test_a_run_whose_best_epoch_is_not_its_last_keeps_both_models(tracking, tmp_
     # the final weights are another model (two more epochs of training)
     assert any(not torch.equal(a, b) for a, b in zip(best.state_dict().values(),
                                                      final.state_dict().values(), strict=True))
+
+
+def test_the_direct_cpu_path_is_the_checked_op_and_rechecks_new_weights():
+    """PackedMatrix skips packed_linear's per-call checks once its weights passed them: the same
+    results bit for bit, bad input still refused, and weights replaced by new tensors checked
+    again (the C++ kernel checks shapes itself, so nothing reads out of bounds)."""
+    from kernels import cpp_available
+
+    assert cpp_available()  # CI builds the extension; the direct path is the C++ kernel
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 2, (9, 70), generator=g, dtype=torch.uint8)
+    lut, scale, bias = torch.tensor([-1.0, 1.0]), torch.rand(9, generator=g), torch.randn(9, generator=g)
+    m = deploy.PackedMatrix(deploy.pack_rows(codes, 1), scale, lut, 1, 70, "auto")
+    x = torch.randn(5, 70, generator=g)
+    for relu in (False, True):
+        want = deploy.packed_linear(x, m.codes, 1, 70, lut, scale, bias, backend="cpp", relu=relu)
+        assert torch.equal(m(x, bias, relu), want)
+    assert m._checked is not None  # the direct path was taken
+    assert torch.equal(m(x[None], bias), m(x, bias)[None])  # 3-D input: the checked op
+    with pytest.raises(ValueError, match="x: expected a float tensor"):
+        m(torch.randn(5, 71))
+    with pytest.raises(RuntimeError, match="one per output row"):
+        m(x, torch.randn(8))  # a wrong bias reaches the C++ checks, not memory past its end
+    m.scale = torch.rand(8)  # a new tensor of the wrong length: checked again, refused
+    with pytest.raises(ValueError, match="scale"):
+        m(x)

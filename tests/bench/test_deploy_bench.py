@@ -89,7 +89,7 @@ def test_the_test_column_is_measured_on_each_runs_exported_model(tmp_path):
     from bench.config import RunConfig
     from bench.data import load_dataset
     from bench.deploy import export_model, load
-    from bench.fold import fold_batchnorm
+    from bench.fold import fuse_for_inference
     from bench.record import default_tracking_uri, ensure_experiment, mlflow_run
     from bench.train import evaluate, run
 
@@ -106,7 +106,7 @@ def test_the_test_column_is_measured_on_each_runs_exported_model(tmp_path):
         ids[variant] = (recorder.run_id, result.metrics["test_acc"])
     named = {"mlp": {v: i for v, (i, _) in ids.items()}}
     rows = [{"workload": "mlp", "variant": v} for v in VARIANTS]
-    deploy_bench.attach_accuracy(rows, named, uri, "torch", fold=False)  # the models as trained
+    deploy_bench.attach_accuracy(rows, named, uri, "torch", fuse=False)  # the models as trained
     got = {r["variant"]: r for r in rows}
     for variant, (_, recorded) in ids.items():
         assert got[variant]["test_metric"] == "test_acc"
@@ -118,12 +118,12 @@ def test_the_test_column_is_measured_on_each_runs_exported_model(tmp_path):
     truth = evaluate(quantize_int8(fp_model), data, "test", configs["fp32"], torch.device("cpu"),
                      nullcontext)["acc"]
     assert got["int8"]["test_value"] == truth and got["int8"]["run_id"] == ids["fp32"][0]
-    # folded (the default, what is timed): measured on the folded model, int8 quantized after it
+    # fused (the default, what is timed): measured on the folded model, int8 quantized after it
     folded_rows = [{"workload": "mlp", "variant": v} for v in VARIANTS]
     deploy_bench.attach_accuracy(folded_rows, named, uri, "torch")
     folded = {r["variant"]: r for r in folded_rows}
-    for variant, model in (("fp32", fold_batchnorm(fp_model)),
-                           ("int8", quantize_int8(fold_batchnorm(fp_model)))):
+    for variant, model in (("fp32", fuse_for_inference(fp_model)),
+                           ("int8", quantize_int8(fuse_for_inference(fp_model)))):
         truth = evaluate(model, data, "test", configs["fp32"], torch.device("cpu"), nullcontext)
         assert folded[variant]["test_value"] == truth["acc"]
         assert folded[variant]["recorded"] == ids["fp32"][1]  # beside what the run recorded

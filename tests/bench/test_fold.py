@@ -1,13 +1,14 @@
-"""Batch norm folded into the layer before it: the same function, one layer fewer."""
+"""Batch norm folded into the layer before it, ReLU fused with it: the same function, fewer calls."""
 
 import pytest
 import torch
 from torch import nn
+from torch.ao.nn.intrinsic import LinearReLU
 
 from bench import deploy
 from bench.config import RunConfig
 from bench.deploy import PackedLinear
-from bench.fold import fold_batchnorm
+from bench.fold import fuse_for_inference
 from tests.bench.test_deploy import MLP, config_for, round_trip
 
 
@@ -32,9 +33,17 @@ def test_a_loaded_mlp_folds_to_the_same_function(name, tmp_path):
     _, data, loaded, _ = round_trip(config, tmp_path)
     _randomise_norms(loaded)
     norms = [n for n, m in loaded.named_modules() if isinstance(m, nn.BatchNorm1d)]
-    folded = fold_batchnorm(loaded)
+    relus = [n for n, m in loaded.named_modules() if isinstance(m, nn.ReLU)]
+    folded = fuse_for_inference(loaded)
     assert sorted(folded.folded_batchnorms) == sorted(norms)  # every norm follows a linear layer
+    assert sorted(folded.fused_relus) == sorted(relus)  # and every ReLU follows a norm
     assert not [m for m in folded.modules() if isinstance(m, nn.BatchNorm1d)]
+    if name == "fp":  # torch's fused module, which int8 quantization turns into its fused kernel
+        assert sum(isinstance(m, LinearReLU) for m in folded.modules()) == len(relus)
+    else:  # the packed layers do the ReLU in their kernel call, except the output layer
+        assert not [m for m in folded.modules() if isinstance(m, nn.ReLU)]
+        fused = [m for m in folded.modules() if isinstance(m, PackedLinear)]
+        assert [m.relu for m in fused] == [True] * len(relus) + [False]
     x, _ = next(data.eval_batches("test", 200, 0))
     with torch.no_grad():
         want, got = loaded(x), folded(x)
@@ -58,7 +67,7 @@ def test_the_folded_packed_layer_is_the_closed_form():
     net = nn.Sequential(layer, bn).eval()
     _randomise_norms(net)
     k = bn.weight.double() / torch.sqrt(bn.running_var.double() + 1e-3)
-    folded = fold_batchnorm(net)
+    folded = fuse_for_inference(net)
     (matrix,) = [m for m in folded.modules() if isinstance(m, deploy.PackedMatrix)]
     (new,) = [m for m in folded.modules() if isinstance(m, PackedLinear)]
     assert torch.equal(matrix.scale, (scale.double() * k).float())
@@ -67,6 +76,30 @@ def test_the_folded_packed_layer_is_the_closed_form():
     w = (scale.double() * k)[:, None] * (codes.double() * 2 - 1)  # the float matrix, by hand
     x = torch.randn(4, 10, generator=g)
     torch.testing.assert_close(folded(x).double(), x.double() @ w.T + want_bias, rtol=1e-5, atol=1e-5)
+
+
+def test_relu_fusion_takes_every_form_of_relu_and_nothing_else():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.d = (nn.Linear(4, 4) for _ in range(4))
+
+        def forward(self, x):
+            x = torch.relu(self.a(x))
+            x = nn.functional.relu(self.b(x))
+            y = self.c(x)
+            x = nn.functional.gelu(y) + torch.relu(y)  # c's output has two users: not fused
+            return self.d(x).relu()
+
+    net = Net().eval()
+    fused = fuse_for_inference(net)
+    assert len(fused.fused_relus) == 3
+    kinds = {n: type(m).__name__ for n, m in fused.named_children()}
+    assert kinds == {"a": "LinearReLU", "b": "LinearReLU", "c": "Linear", "d": "LinearReLU"}
+    x = torch.randn(6, 4)
+    with torch.no_grad():
+        assert torch.equal(fused(x), net(x))  # no batch norm: nothing is reordered
+    assert fuse_for_inference(net, relu=False).fused_relus == []
 
 
 def test_only_norms_right_after_a_linear_layer_fold():
@@ -90,8 +123,8 @@ def test_only_norms_right_after_a_linear_layer_fold():
 
     net = Net().eval()
     _randomise_norms(net)
-    folded = fold_batchnorm(net)
-    assert folded.folded_batchnorms == ["bn1"]
+    folded = fuse_for_inference(net)
+    assert folded.folded_batchnorms == ["bn1"] and folded.fused_relus == []
     x = torch.randn(8, 2, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-5)
@@ -107,15 +140,15 @@ def test_an_untraceable_model_is_refused_with_the_reason():
             return self.bn(self.fc(x)) if x.sum() > 0 else x  # data-dependent control flow
 
     with pytest.raises(TypeError, match="cannot trace Branchy"):
-        fold_batchnorm(Branchy().eval())
+        fuse_for_inference(Branchy().eval())
 
 
 def test_an_lstm_passes_through_unchanged(tmp_path):
     config = RunConfig(model="lstm", dataset="pysrc", method="lab", hidden=16, seq_len=10,
                        batch_size=10, train_limit=5_000, eval_limit=1_000, backend="torch")
     _, data, loaded, _ = round_trip(config, tmp_path)
-    folded = fold_batchnorm(loaded)
-    assert folded.folded_batchnorms == []
+    folded = fuse_for_inference(loaded)
+    assert folded.folded_batchnorms == [] and folded.fused_relus == []
     x, _ = next(data.eval_batches("test", 4, 10))
     with torch.no_grad():
         assert torch.equal(folded(x), loaded(x))

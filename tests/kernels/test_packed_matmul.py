@@ -127,8 +127,24 @@ def test_cpp_byte_table_paths(cpp, bits, idx_bits, shape, batch):
     x, codes, lut, scale, bias = problem(*shape, bits, batch, seed=bits + batch)
     packed = pack_rows(codes, bits)
     xp = torch.nn.functional.pad(x, (0, packed.shape[1] * 8 // bits - shape[1]))
-    y = cpp.packed_linear(xp, packed, bits, shape[1], lut, scale, bias, idx_bits)
+    y = cpp.packed_linear(xp, packed, bits, shape[1], lut, scale, bias, idx_bits, False)
     assert_close_to_truth(y, float_truth(x, codes, lut, scale, bias), shape[1])
+    fused = cpp.packed_linear(xp, packed, bits, shape[1], lut, scale, bias, idx_bits, True)
+    assert torch.equal(fused, torch.relu(y))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
+@pytest.mark.parametrize("bits", [1, 2, 3])
+def test_relu_is_the_plain_result_through_torch_relu(backend, bits):
+    """The fused epilogue (C++) and the separate relu (torch, Triton) give torch.relu of the plain
+    result exactly, NaN included (max(NaN, 0) is NaN, as torch.relu)."""
+    x, codes, lut, scale, bias = problem(17, 64, bits, 7, seed=bits)
+    x[3, 5] = float("nan")  # row 3 of y is NaN
+    packed = pack_rows(codes, bits)
+    plain = packed_linear(x, packed, bits, 64, lut, scale, bias, backend=backend)
+    fused = packed_linear(x, packed, bits, 64, lut, scale, bias, backend=backend, relu=True)
+    assert fused[3].isnan().all() and (fused[:3] >= 0).all() and (fused[:3] == 0).any()
+    torch.testing.assert_close(fused, torch.relu(plain), rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3])
