@@ -182,8 +182,9 @@ def _quartiles(xs: list[float]) -> tuple[float, float, float]:
 def time_cell(fns: dict[str, Callable[..., Any]], args: tuple, reps: int, target_ms: float, *,
               clock: Callable[[], float] = time.perf_counter) -> dict[str, dict[str, float]]:
     """Interleaved timing of every variant on the same inputs: per variant the median and IQR of
-    its samples (ms per call) and its speed-up over fp32 (median and IQR of per-repetition ratios).
-    `clock` returns seconds (a fake one in tests)."""
+    its samples (ms per call) and its speed-up over fp32 (median and IQR of per-repetition ratios),
+    and over int8 the same way when there is an int8 variant (``vs_int8``; else None). `clock`
+    returns seconds (a fake one in tests)."""
     for fn in fns.values():  # warm up (allocations, extension loading, oneDNN primitives)
         fn(*args)
     calls = {v: _calls_for(fn, args, target_ms, clock) for v, fn in fns.items()}
@@ -202,7 +203,11 @@ def time_cell(fns: dict[str, Callable[..., Any]], args: tuple, reps: int, target
         ratios = [f / s for f, s in zip(samples["fp32"], samples[v], strict=True)]
         r1, rmed, r3 = _quartiles(ratios)
         out[v] = {"ms": med, "ms_q1": q1, "ms_q3": q3, "speedup": rmed, "speedup_q1": r1,
-                  "speedup_q3": r3, "calls": calls[v], "reps": reps}
+                  "speedup_q3": r3, "calls": calls[v], "reps": reps,
+                  "vs_int8": None, "vs_int8_q1": None, "vs_int8_q3": None}
+        if "int8" in samples:
+            i1, imed, i3 = _quartiles([f / s for f, s in zip(samples["int8"], samples[v], strict=True)])
+            out[v].update(vs_int8=imed, vs_int8_q1=i1, vs_int8_q3=i3)
     return out
 
 
@@ -317,16 +322,18 @@ def deploy_bench(*, workloads: Sequence[str] = ("mlp", "lstm"), batches: Sequenc
 def format_table(result: dict[str, Any]) -> str:
     """Markdown table of the rows (one line per cell and variant)."""
     lines = ["| workload | threads | batch | variant | ms (median) | IQR ms | speed-up vs fp32 (IQR) "
-             "| file KiB | size vs fp32 | test |",
-             "|---|---:|---:|---|---:|---|---|---:|---:|---|"]
+             "| vs int8 (IQR) | file KiB | size vs fp32 | test |",
+             "|---|---:|---:|---|---:|---|---|---|---:|---:|---|"]
     for r in result["rows"]:
         test = "-" if r["test_value"] is None else f"{r['test_metric']} {r['test_value']:.4g}"
         if r.get("recorded") is not None:
             test += f" (run: {r['recorded']:.4g})"
+        vs_int8 = ("-" if r.get("vs_int8") is None else
+                   f"{r['vs_int8']:.2f}x ({r['vs_int8_q1']:.2f}-{r['vs_int8_q3']:.2f})")
         lines.append(
             f"| {r['workload']} | {r['threads']} | {r['batch']} | {r['variant']} | {r['ms']:.4g} | "
             f"{r['ms_q1']:.4g}-{r['ms_q3']:.4g} | {r['speedup']:.2f}x "
-            f"({r['speedup_q1']:.2f}-{r['speedup_q3']:.2f}) | {r['file_bytes'] / 1024:.1f} | "
+            f"({r['speedup_q1']:.2f}-{r['speedup_q3']:.2f}) | {vs_int8} | {r['file_bytes'] / 1024:.1f} | "
             f"1/{r['size_ratio']:.1f} | {test} |")
     return "\n".join(lines)
 

@@ -37,6 +37,11 @@ def test_time_cell_medians_quartiles_and_ratios_on_a_fake_clock():
     assert cell["fp32"]["speedup"] == 1.0
     assert cell["fast"]["ms_q1"] <= cell["fast"]["ms"] <= cell["fast"]["ms_q3"]
     assert {round(x, 9) for x in (cell["fp32"]["ms"], cell["fp32"]["ms_q1"])} <= {2.0, 4.0, 6.0}
+    assert cell["fast"]["vs_int8"] is None  # no int8 variant in this cell
+    fns = {"fp32": clock.work(2e-3), "int8": clock.work(1e-3), "fast": clock.work(0.25e-3)}
+    cell = time_cell(fns, (), reps=9, target_ms=4.0, clock=clock)
+    assert cell["fast"]["vs_int8"] == pytest.approx(4.0) and cell["int8"]["vs_int8"] == 1.0
+    assert cell["fast"]["vs_int8_q1"] <= 4.0 + 1e-9 and cell["fast"]["speedup"] == pytest.approx(8.0)
 
 
 def test_int8_is_pytorchs_dynamic_quantization_and_close_to_fp32():
