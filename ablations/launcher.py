@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ablations.catalog import SHIPPED
 from ablations.progress import ProgressView, slot_label
 from ablations.state import has_work, repair, stale_trials, summarize
 from ablations.storage import STORAGE_ENV, where_flags
@@ -156,6 +157,17 @@ def _worker_ended(w: _Worker, study: Any, client: Any, handle: StudyHandle, view
     return rc == 2
 
 
+def resume_command(spec: Any, flags: str) -> str:
+    """The command that resumes an interrupted study: ``labbench grid`` of its file when it came
+    from one, of its name when it is a shipped study, else ``labbench retry-failed NAME`` (a spec
+    read back from storage names where it was stored, not a file)."""
+    if spec.source and Path(spec.source).is_file():
+        return f"labbench grid {shlex.quote(str(Path(spec.source).absolute()))}{flags}"
+    if (SHIPPED / f"{spec.name}.toml").is_file():
+        return f"labbench grid {spec.name}{flags}"
+    return f"labbench retry-failed {spec.name}{flags}"
+
+
 def _report(handle: StudyHandle, study: Any, view: ProgressView, interrupted: int) -> int:
     spec = handle.spec
     s = summarize(study, spec)
@@ -166,8 +178,7 @@ def _report(handle: StudyHandle, study: Any, view: ProgressView, interrupted: in
         view.print(f"  failed: trial {t.number} {slot_label(t)}: {reason}")
     flags = where_flags(handle.location)  # the hints run as printed, from any folder
     if interrupted:
-        again = (f"labbench grid {shlex.quote(str(Path(spec.source).absolute()))}{flags}"
-                 if spec.source else f"labbench retry-failed {spec.name}{flags}")
+        again = resume_command(spec, flags)
         view.print("interrupted: the running trials were recorded as failed (MLflow runs KILLED); "
                    f"resume with `{again}`")
         return 130

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,9 @@ def create_or_resume(spec: StudySpec, location: Location, heartbeat: Heartbeat,
             storage.set_study_user_attr(study_id, ATTR_PARENT, parent)
     if added:
         notes.append(_grow(spec, location, added))
-    return load_handle(spec.name, location), created
+    handle = load_handle(spec.name, location)
+    # the stored spec names the storage as its source; keep the file this one came from (hints)
+    return replace(handle, spec=replace(handle.spec, source=spec.source)), created
 
 
 def load_handle(name: str, location: Location) -> StudyHandle:

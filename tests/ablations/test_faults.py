@@ -128,7 +128,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path, capsys, monkeypatch)
     launcher.send_signal(signal.SIGINT)
     out, err = launcher.communicate(timeout=120)
     assert launcher.returncode == 130, out + err
-    assert "resume with" in err
+    assert f"resume with `labbench grid {path.absolute()} --root" in err, err  # runs as printed
 
     trials = load_study(journal, "ctrlc").get_trials()
     assert not [t for t in trials if t.state.name == "RUNNING"]
@@ -339,3 +339,20 @@ def test_a_file_the_run_process_hands_over_is_logged_by_the_worker_then_deleted(
     assert not folder.exists()  # the handed copy's folder is gone once logged
     # a worker-side recorder that keeps no files still gets the copy deleted, and the run goes on
     assert run_isolated(_hands_a_file, None, ListRecorder()) == {"test_acc": 1.0}
+
+
+def test_the_resume_hint_names_a_file_a_shipped_study_or_retry_failed(tmp_path):
+    """A spec read back from storage has a description as its source, not a file: the hint must
+    still be a command that runs (the launcher printed `labbench grid '<description>'` before)."""
+    from dataclasses import replace
+
+    from ablations.catalog import SHIPPED
+    from ablations.launcher import resume_command
+    from ablations.spec import parse_study
+
+    spec = parse_study(SHIPPED / "demo.toml")
+    assert resume_command(spec, " --root R") == f"labbench grid {SHIPPED / 'demo.toml'} --root R"
+    stored = replace(spec, source="study 'demo' stored in /x/optuna.journal")
+    assert resume_command(stored, " --root R") == "labbench grid demo --root R"
+    own = replace(stored, name="mine")
+    assert resume_command(own, " --root R") == "labbench retry-failed mine --root R"
