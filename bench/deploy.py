@@ -52,7 +52,7 @@ from bench.layers import LSTM, LSTMLayer, quantizable_weights
 from bench.methods import LayerSpec, resolve_layers
 from bench.models import build_model
 from kernels import cpp_available, pack_rows, packed_linear, unpack_rows
-from kernels.packed_matmul import _packed_linear_cpp
+from kernels.packed_matmul import _packed_linear_cpp, check_weights
 
 __all__ = [
     "FORMAT",
@@ -429,9 +429,9 @@ class PackedMatrix(nn.Module):
 
     def _direct(self, x: torch.Tensor, bias: torch.Tensor | None) -> bool:
         """Whether ``x`` can go straight to the C++ kernel. `packed_linear`'s checks of the weights
-        ran once, by one call, for the very tensors held now (in-place changes keep their shapes
-        and dtypes; a new tensor is checked again); x's dtype and shape are checked here, cheaply,
-        and the C++ kernel checks every shape and device again."""
+        (`kernels.packed_matmul.check_weights`) ran once for the very tensors held now (in-place
+        changes keep their shapes and dtypes; a new tensor is checked again); x's dtype and shape
+        are checked here, cheaply, and the C++ kernel checks every shape and device again."""
         held = self._buffers
         checked = self._checked
         if checked is None or checked[0] is not held["codes"] or checked[1] is not held["lut"] \
@@ -439,8 +439,7 @@ class PackedMatrix(nn.Module):
             if self.lut.dim() != 1 or self.backend not in ("auto", "cpp") \
                     or self.codes.device.type != "cpu" or not cpp_available():
                 return False
-            packed_linear(torch.zeros(1, self.in_features), self.codes, self.bits,
-                          self.in_features, self.lut, self.scale, backend="cpp")  # raises if bad
+            check_weights(self.codes, self.bits, self.in_features, self.lut, self.scale)
             self._checked = (held["codes"], held["lut"], held["scale"])
         # shapes and devices are checked again in C++ (TORCH_CHECK), so a mistake raises there
         return x.dtype == torch.float32 and x.dim() == 2 and x.shape[1] == self.in_features

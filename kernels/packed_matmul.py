@@ -80,6 +80,17 @@ def _check_vector(name: str, t, n: int, bits: int, out: int) -> None:
                          f"out={out}, got {got}")
 
 
+def check_weights(packed, bits, in_features, lut, scale) -> int:
+    """`packed_linear`'s checks of a layer's constant operands (what a caller that keeps them can
+    run once); returns ``bits``. Raises ValueError naming the operand that does not fit."""
+    bits = _check_bits(bits)
+    _check_packed(packed, bits, in_features)
+    out = packed.shape[0]
+    _check_vector("lut", lut, 2**bits, bits, out)
+    _check_vector("scale", scale, out, bits, out)
+    return bits
+
+
 # %% Packing
 
 def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -304,16 +315,13 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bits: int, in_features:
     """
     if backend not in PACKED_BACKENDS:
         raise ValueError(f"backend: expected one of {PACKED_BACKENDS}, got {backend!r}")
-    bits = _check_bits(bits)
-    _check_packed(packed, bits, in_features)
+    bits = check_weights(packed, bits, in_features, lut, scale)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0 \
             or x.shape[-1] != in_features:
         got = (f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
                else type(x).__name__)
         raise ValueError(f"x: expected a float tensor (..., {in_features}), got {got}")
     out = packed.shape[0]
-    _check_vector("lut", lut, 2**bits, bits, out)
-    _check_vector("scale", scale, out, bits, out)
     if bias is not None:
         _check_vector("bias", bias, out, bits, out)
     flat = x.dim() == 2  # the common case skips two reshapes (a layer call is a few us)
