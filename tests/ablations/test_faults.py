@@ -16,6 +16,7 @@ from ablations.isolate import REFUSED_TAG, RESUMED_TAG, run_isolated
 from ablations.objective import checkpoint_path, slot_params
 from ablations.spec import parse_study
 from analysis import load_runs
+from bench.record import NullRecorder
 from tests.ablations.helpers import (
     cli,
     lab_env,
@@ -236,8 +237,8 @@ def test_a_trial_killed_after_epoch_1_resumes_from_its_checkpoint(tmp_path, caps
         assert history == [(e, row[key]) for e, row in enumerate(straight.history, 1)], key
 
 
-class ListRecorder:
-    """What the run process sends, as lists."""
+class ListRecorder(NullRecorder):
+    """What the run process sends: its tags and metrics."""
 
     def __init__(self):
         self.tags, self.metrics = {}, []
@@ -245,14 +246,8 @@ class ListRecorder:
     def set_tags(self, tags):
         self.tags.update(tags)
 
-    def log_params(self, params):
-        pass
-
     def log_metrics(self, metrics, step):
         self.metrics.append((step, dict(metrics)))
-
-    def log_dict(self, obj, name):
-        pass
 
 
 def test_a_checkpoint_of_another_configuration_is_refused_and_the_run_starts_afresh(tmp_path):

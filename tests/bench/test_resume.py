@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.config import RunConfig
+from bench.record import NullRecorder
 from bench.train import CHECKPOINT, run
 
 CONFIGS = {
@@ -23,7 +24,7 @@ CONFIGS = {
 TIMING = ("epoch_s", "wall_s", "step_ms", "peak_mem_mb")
 
 
-class DirRecorder:
+class DirRecorder(NullRecorder):
     """Keeps artifacts as files under `root` (as MLflow's file store does) and metrics in memory.
 
     ``kill_after`` SIGKILLs this process right after that many checkpoints were written."""
@@ -32,17 +33,8 @@ class DirRecorder:
         self.root, self.kill_after, self.checkpoints = Path(root), kill_after, 0
         self.metrics = []
 
-    def set_tags(self, tags):
-        pass
-
-    def log_params(self, params):
-        pass
-
     def log_metrics(self, metrics, step):
         self.metrics.append((step, dict(metrics)))
-
-    def log_dict(self, obj, name):
-        pass
 
     def log_artifact(self, local_path, artifact_path=None):
         dst = self.root / (artifact_path or "")
