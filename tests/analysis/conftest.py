@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.analysis.fakestudy import FakeStudy, write_fake_study
+from tests.analysis.fakestudy import T0, FakeStudy, write_fake_study
 
 
 @pytest.fixture(scope="session")
@@ -35,5 +35,6 @@ def fake_study(study_root) -> FakeStudy:
 
 @pytest.fixture(scope="session")
 def complete_study(study_root) -> FakeStudy:
-    """The same grid with no faults: balanced, every cell x seed finished once."""
-    return write_fake_study(study_root, name="complete-study", faults=False)
+    """The same grid with no faults: balanced, every cell x seed finished once, a day after the
+    fake study, so that where both finished a (cell, seed) the fake study's run ended first."""
+    return write_fake_study(study_root, name="complete-study", faults=False, t0=T0 + 86_400_000)

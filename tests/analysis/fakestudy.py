@@ -85,13 +85,15 @@ def cell_id(method: str, hidden: int) -> str:
     return f"{METHODS.index(method):06x}{hidden:06x}"
 
 
-def write_fake_study(root: Path, *, name: str = "fake-study", faults: bool = True) -> FakeStudy:
+def write_fake_study(root: Path, *, name: str = "fake-study", faults: bool = True, t0: int = T0) -> FakeStudy:
     """Write a study (parent + trial runs with curves, diagnostics and artifacts) under ``root``.
 
     Args:
         root: folder for ``mlflow.db`` and ``mlartifacts/`` (several studies may share it).
         name: the study (experiment) name.
         faults: plant the duplicates, failed, missing, running and stray runs listed above.
+        t0: start of the study in ms since the epoch; trial k starts at ``t0 + 1000 (k + 1)`` and
+            ends 60 s later.
 
     Returns:
         The :class:`FakeStudy` describing what a correct loader must return.
@@ -102,7 +104,7 @@ def write_fake_study(root: Path, *, name: str = "fake-study", faults: bool = Tru
     exp = client.create_experiment(name, artifact_location=(root / "mlartifacts").as_uri())
     parent = client.create_run(
         exp,
-        start_time=T0,
+        start_time=t0,
         tags={
             "labbench.kind": "study",
             "labbench.study": name,
@@ -129,7 +131,7 @@ def write_fake_study(root: Path, *, name: str = "fake-study", faults: bool = Tru
         },
         "study.json",
     )
-    client.set_terminated(pid, "FINISHED", end_time=T0 + 10)
+    client.set_terminated(pid, "FINISHED", end_time=t0 + 10)
     study = FakeStudy(name=name, tracking_uri=uri, root=root, parent_run_id=pid)
 
     failed = {("lab", 32, 5)} if faults else set()
@@ -142,7 +144,7 @@ def write_fake_study(root: Path, *, name: str = "fake-study", faults: bool = Tru
                 if key in skipped:
                     study.missing[key] = "not run"
                     continue
-                start = T0 + 1000 * (trial + 1)
+                start = t0 + 1000 * (trial + 1)
                 if key in failed:
                     rid = _write_trial(client, exp, pid, name, key, trial, start, "FAILED")
                     study.failed_run_ids.add(rid)
@@ -172,8 +174,8 @@ def write_fake_study(root: Path, *, name: str = "fake-study", faults: bool = Tru
                 study.objective[key] = _objective(key)
                 trial += 1
     if faults:
-        stray = client.create_run(exp, tags={"labbench.kind": "run"}, start_time=T0)
-        client.set_terminated(stray.info.run_id, "FINISHED", end_time=T0 + 1)
+        stray = client.create_run(exp, tags={"labbench.kind": "run"}, start_time=t0)
+        client.set_terminated(stray.info.run_id, "FINISHED", end_time=t0 + 1)
     return study
 
 

@@ -201,10 +201,15 @@ def test_combined_studies_are_one_analysis_with_a_study_column(fake_study, compl
     a = load_runs(fake_study.name, fake_study.tracking_uri)
     b = load_runs(complete_study.name, complete_study.tracking_uri)
     both = combine_studies([a, b])
-    # the fake studies share cell ids and seeds: each (cell, seed) is kept once, the earliest end
+    # the fake studies share cell ids and seeds: each (cell, seed) is kept once, the earliest end.
+    # The complete study ran a day later, so it supplies exactly the pairs the fake one lacks.
     assert len(both) == len(set(zip(pd.concat([a, b])["cell"], pd.concat([a, b])["seed"], strict=True)))
     assert not both.duplicated(["cell", "seed"]).any()
-    assert set(both["study"]) == {fake_study.name, complete_study.name}
+    from_complete = both[both["study"] == complete_study.name]
+    assert sorted(zip(from_complete["method"], from_complete["hidden"].astype(int), from_complete["seed"].astype(int),
+                      strict=True)) == sorted(fake_study.missing)
+    kept_fake = set(both.loc[both["study"] == fake_study.name, "run_id"])
+    assert kept_fake == set(fake_study.kept.values())
     assert both.attrs["study"] == f"{fake_study.name} + {complete_study.name}"
     out = tmp_path / "both"
     code = main(["report", fake_study.name, complete_study.name, "--tracking-uri", fake_study.tracking_uri,
