@@ -206,8 +206,9 @@ def test_combined_studies_are_one_analysis_with_a_study_column(fake_study, compl
     assert len(both) == len(set(zip(pd.concat([a, b])["cell"], pd.concat([a, b])["seed"], strict=True)))
     assert not both.duplicated(["cell", "seed"]).any()
     from_complete = both[both["study"] == complete_study.name]
-    assert sorted(zip(from_complete["method"], from_complete["hidden"].astype(int), from_complete["seed"].astype(int),
-                      strict=True)) == sorted(fake_study.missing)
+    keys = zip(from_complete["method"], from_complete["hidden"].astype(int),
+               from_complete["seed"].astype(int), strict=True)
+    assert sorted(keys) == sorted(fake_study.missing)
     kept_fake = set(both.loc[both["study"] == fake_study.name, "run_id"])
     assert kept_fake == set(fake_study.kept.values())
     assert both.attrs["study"] == f"{fake_study.name} + {complete_study.name}"
