@@ -207,7 +207,7 @@ def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, pd.Timestamp):
-        return value.isoformat()
+        return value.isoformat(timespec="microseconds")
     return str(value)
 
 
@@ -215,8 +215,8 @@ def _cell(value) -> str:
     """One CSV cell: missing is empty, floats by repr (round-trip exact), timestamps in ISO 8601."""
     if value is None or value is pd.NaT or value is pd.NA:
         return ""
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
+    if isinstance(value, pd.Timestamp):  # one format for every row: pandas infers it from the first
+        return value.isoformat(timespec="microseconds")
     if isinstance(value, float | np.floating):
         return "" if np.isnan(value) else repr(float(value))
     if isinstance(value, np.generic):
@@ -247,7 +247,10 @@ def _curves_bytes(curves: pd.DataFrame | None) -> bytes:
 def _column(values: list[str], dtype: str) -> pd.Series:
     """A runs.csv column typed back as the frame had it."""
     if dtype.startswith("datetime64"):
-        return pd.Series(pd.to_datetime([v or None for v in values], utc=True)).astype(dtype)
+        # ISO8601, not a format inferred from the first value: archives written before every
+        # timestamp got microseconds have both "...:54+00:00" and "...:54.442000+00:00"
+        stamps = pd.to_datetime([v or None for v in values], utc=True, format="ISO8601")
+        return pd.Series(stamps).astype(dtype)
     if dtype in ("float64", "float32"):
         return pd.Series([float(v) if v else np.nan for v in values], dtype=dtype)
     if dtype in ("bool", "boolean"):

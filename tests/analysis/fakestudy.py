@@ -151,7 +151,9 @@ def write_fake_study(root: Path, *, name: str = "fake-study", faults: bool = Tru
                     study.missing[key] = "failed"
                     trial += 1
                     continue
-                end = start + 60_000
+                # odd seeds end a quarter second past the second: as in real studies, some end
+                # times have a fraction and some do not (ISO 8601 writes them differently)
+                end = start + 60_000 + 250 * (seed % 2)
                 if faults and key == ("bc", 16, 0):  # first written, ends later: dropped
                     rid = _write_trial(client, exp, pid, name, key, trial, start, "FINISHED", end=end + 5_000)
                     study.dropped_run_ids.add(rid)

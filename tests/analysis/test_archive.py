@@ -42,6 +42,13 @@ def test_archive_loads_back_the_frame_load_runs_gives(archive, fake_study):
     pd.testing.assert_frame_equal(loaded, original, check_exact=True)
     assert _plain(loaded.attrs) == _plain(original.attrs)
     assert loaded.attrs["archive"] == [str(archive)]
+    # every timestamp in one format, so that pandas' inferred format reads them all
+    meta = pd.read_csv(archive / "runs-meta.csv", dtype=str)
+    stamps = pd.concat([meta["start_time"], meta["end_time"]])
+    assert stamps.str.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00").all()
+    assert stamps.str.endswith(".250000+00:00").any() and stamps.str.endswith(".000000+00:00").any()
+    ends = loaded["end_time"].reset_index(drop=True)
+    pd.testing.assert_series_equal(pd.to_datetime(meta["end_time"]), ends, check_names=False)
 
 
 def test_runs_csv_has_every_param_and_final_metric_by_name_exactly(archive, fake_study):
