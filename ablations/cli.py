@@ -347,7 +347,7 @@ def register(subparsers: argparse._SubParsersAction, *, demo_report: DemoReport 
     commands["repair"] = _repair
     _grid_parser(subparsers, "demo", "a small real study on the Python stdlib, then its report",
                  f"Run the demo study ({DEMO_STUDY.name}: fp, bc, bwn, lab x 5 seeds, a small "
-                 "LSTM on the Python standard library; 2-3 minutes on 2 cores), then render its "
+                 "LSTM on the Python standard library; about 3 minutes on 2 cores), then render its "
                  "report.", study_file=False)
     commands["demo"] = functools.partial(_demo, report=demo_report)
     for name, command in commands.items():
