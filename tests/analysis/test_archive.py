@@ -296,3 +296,24 @@ def test_published_runs_group_by_their_settings_as_pandas_reads_them(study):
     # load_archive reads UNSET back as missing: the frame the study's report was made from
     frame = load_archive(folder)
     assert frame["bits"].isna().sum() == (runs["bits"] == UNSET).sum() > 0
+
+
+PUBLISHED = sorted((Path(__file__).parents[2] / "docs" / "reports").glob("*/archive*"))
+
+
+@pytest.mark.parametrize("folder", PUBLISHED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_published_cell_has_at_least_five_seeds(folder):
+    """What the repo publishes has at least 5 seeds per cell, however the cells are formed: by
+    the archive's cell key, or by every RunConfig field but the seed as pandas reads runs.csv."""
+    import dataclasses
+
+    from bench.config import RunConfig
+
+    runs = pd.read_csv(folder / "runs.csv")
+    settings = [f.name for f in dataclasses.fields(RunConfig) if f.name in runs and f.name != "seed"]
+    assert (runs["status"] == "FINISHED").all()
+    assert runs.groupby("cell")["seed"].nunique().min() >= 5
+    by_settings = runs.groupby(settings, dropna=False)["seed"].agg(["nunique", "size"])
+    assert len(by_settings) == runs["cell"].nunique()
+    assert by_settings["nunique"].min() >= 5 and (by_settings["nunique"] == by_settings["size"]).all()
+    assert len(json.loads((folder / "spec.json").read_text())["study"]["seeds"]) >= 5
