@@ -64,6 +64,8 @@ def test_logmean_value_and_count(archives):
     ("value s test_bpc method=fp", "differs between"),
     ("diff s test_bpc hidden=64 vs method=fp", "several runs per seed"),
     ("median s test_bpc", "unknown kind"),
+    ("mean s+t test_bpc", "no archive for study 't'"),
+    ("mean s+s test_bpc", "names an archive twice"),
 ])
 def test_bad_expressions_are_named(archives, expr, message):
     with pytest.raises(FindingsError, match=message):
@@ -96,3 +98,19 @@ def test_diff2_is_the_paired_interaction(archives):
     assert numbers == pytest.approx([m, lo, hi], abs=6e-3) and got.endswith("paired by seed, n = 5)")
     with pytest.raises(FindingsError, match="minus"):
         evaluate("diff2 s test_bpc method=bc vs method=fp", archives)
+
+
+def test_studies_joined_by_plus_pool_their_runs(archives):
+    """An interaction across two studies (one width each): their runs pooled, paired by seed."""
+    wide = archives["s"].assign(hidden=256, test_bpc=lambda f: f.test_bpc - 0.3 * (f.method != "fp"))
+    both = {"s": archives["s"], "w": wide}
+    pooled = pd.concat([archives["s"], wide]).sort_values("seed")
+    col = {(m, h): pooled[(pooled.method == m) & (pooled.hidden == h)].test_bpc.to_numpy()
+           for m in ("fp", "bc") for h in (64, 256)}
+    d = (col["bc", 256] - col["fp", 256]) - (col["bc", 64] - col["fp", 64])
+    m, lo, hi = _ci(d)
+    got = evaluate("diff2 s+w test_bpc method=bc,hidden=256 vs method=fp,hidden=256 minus "
+                   "method=bc,hidden=64 vs method=fp,hidden=64", both)
+    numbers = [float(x) for x in re.findall(r"[-+]?\d+\.\d+", got)]
+    assert m == pytest.approx(-0.3) and numbers == pytest.approx([m, lo, hi], abs=6e-3)
+    assert evaluate("n s+w method=bc", both) == "10"
