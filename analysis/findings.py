@@ -3,8 +3,8 @@
 The findings page is written as a template, ``docs/findings.in.md``, whose numbers are
 expressions in double braces; this module evaluates them on the archives under
 ``docs/reports/<folder>/archive*`` (written by ``labbench export``; STUDY below is the study name
-the archive records, or several joined by ``+`` to pool their runs, e.g. a width comparison made
-of two studies) and writes ``docs/findings.md``.
+the archive records, or several joined by ``+``: the studies as one, as ``labbench report A B``
+combines them, e.g. a width comparison made of two studies) and writes ``docs/findings.md``.
 So no number in the prose is typed by hand, each carries its n and interval, and re-running the
 command after a study is extended updates them all.
 
@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from analysis._intervals import t_interval
+from analysis._sources import CombineError, combine_studies
 from analysis.archive import load_archive
 
 __all__ = ["FindingsError", "evaluate", "render_findings"]
@@ -113,14 +114,15 @@ def evaluate(expr: str, archives: dict[str, pd.DataFrame]) -> str:
         raise FindingsError(f"{{{{{expr}}}}}: expected 'KIND STUDY ...'")
     kind, study = words[0], words[1]
     rest = words[2] if len(words) > 2 else ""
-    for name in study.split("+"):
+    names = study.split("+")
+    for name in names:
         if name not in archives:
             raise FindingsError(f"{{{{{expr}}}}}: no archive for study {name!r} "
                                 f"(have: {', '.join(sorted(archives)) or 'none'})")
-    names = study.split("+")
-    if len(set(names)) < len(names):
-        raise FindingsError(f"{{{{{expr}}}}}: study {study!r} names an archive twice")
-    frame = archives[study] if len(names) == 1 else pd.concat([archives[n] for n in names], ignore_index=True)
+    try:
+        frame = archives[study] if len(names) == 1 else combine_studies([archives[n] for n in names])
+    except CombineError as err:
+        raise FindingsError(f"{{{{{expr}}}}}: {err}") from None
     if kind == "n":
         return str(len(_filter(frame, rest, expr)))
     metric, _, filt = rest.partition(" ")

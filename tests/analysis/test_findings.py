@@ -65,7 +65,6 @@ def test_logmean_value_and_count(archives):
     ("diff s test_bpc hidden=64 vs method=fp", "several runs per seed"),
     ("median s test_bpc", "unknown kind"),
     ("mean s+t test_bpc", "no archive for study 't'"),
-    ("mean s+s test_bpc", "names an archive twice"),
 ])
 def test_bad_expressions_are_named(archives, expr, message):
     with pytest.raises(FindingsError, match=message):
@@ -100,17 +99,39 @@ def test_diff2_is_the_paired_interaction(archives):
         evaluate("diff2 s test_bpc method=bc vs method=fp", archives)
 
 
-def test_studies_joined_by_plus_pool_their_runs(archives):
-    """An interaction across two studies (one width each): their runs pooled, paired by seed."""
-    wide = archives["s"].assign(hidden=256, test_bpc=lambda f: f.test_bpc - 0.3 * (f.method != "fp"))
-    both = {"s": archives["s"], "w": wide}
-    pooled = pd.concat([archives["s"], wide]).sort_values("seed")
-    col = {(m, h): pooled[(pooled.method == m) & (pooled.hidden == h)].test_bpc.to_numpy()
-           for m in ("fp", "bc") for h in (64, 256)}
-    d = (col["bc", 256] - col["fp", 256]) - (col["bc", 64] - col["fp", 64])
-    m, lo, hi = _ci(d)
-    got = evaluate("diff2 s+w test_bpc method=bc,hidden=256 vs method=fp,hidden=256 minus "
-                   "method=bc,hidden=64 vs method=fp,hidden=64", both)
-    numbers = [float(x) for x in re.findall(r"[-+]?\d+\.\d+", got)]
-    assert m == pytest.approx(-0.3) and numbers == pytest.approx([m, lo, hi], abs=6e-3)
-    assert evaluate("n s+w method=bc", both) == "10"
+def _study(name: str, hidden: int, shift: float, seed: int, end: str) -> pd.DataFrame:
+    """An archive-like frame: fp and bc at one width, 5 seeds, bc ``shift`` worse, own noise."""
+    rng = np.random.default_rng(seed)
+    rows = [{"run_id": f"{name}-{method}-{s}", "cell": f"{method}-{hidden}", "method": method,
+             "hidden": hidden, "seed": s, "end_time": pd.Timestamp(end, tz="UTC"),
+             "test_bpc": 3.0 + shift * (method == "bc") + rng.normal(0, 0.1)}
+            for method in ("fp", "bc") for s in range(5)]
+    frame = pd.DataFrame(rows)
+    frame.attrs = {"study": name, "objective": "test_bpc", "direction": "minimize",
+                   "baseline": {"method": "fp"}, "axes": ["method"], "param_columns": ["method", "hidden"],
+                   "archive": [f"/a/{name}"]}
+    return frame
+
+
+def test_studies_joined_by_plus_are_one_analysis(archives):
+    """An interaction across two studies (one width each), against scipy on the pooled runs; a
+    (cell, seed) both studies ran counts once (the run that ended first), as in `labbench report A B`."""
+    narrow, wide = _study("n", 64, 1.0, 1, "2026-01-01"), _study("w", 256, 0.6, 2, "2026-01-02")
+    rerun = _study("r", 64, 5.0, 3, "2026-01-03")  # narrow's cells again, ended later: dropped
+    both = {"n": narrow, "w": wide, "r": rerun}
+    col = {(m, h): f[f.method == m].sort_values("seed").test_bpc.to_numpy()
+           for f, h in ((narrow, 64), (wide, 256)) for m in ("fp", "bc")}
+    m, lo, hi = _ci((col["bc", 256] - col["fp", 256]) - (col["bc", 64] - col["fp", 64]))
+    expr = ("diff2 {} test_bpc method=bc,hidden=256 vs method=fp,hidden=256 minus "
+            "method=bc,hidden=64 vs method=fp,hidden=64")
+    for study in ("n+w", "r+n+w"):
+        got = evaluate(expr.format(study), both)
+        numbers = [float(x) for x in re.findall(r"[-+]?\d+\.\d+", got)]
+        assert numbers == pytest.approx([m, lo, hi], abs=6e-3) and got.endswith("paired by seed, n = 5)")
+    assert evaluate("n r+n+w method=bc", both) == "10"
+    other = _study("o", 64, 1.0, 4, "2026-01-04")
+    other.attrs["objective"] = "test_loss"
+    with pytest.raises(FindingsError, match="different objectives"):
+        evaluate("n n+o method=bc", {**both, "o": other})
+    with pytest.raises(FindingsError, match="given twice"):
+        evaluate("n n+n method=bc", both)
