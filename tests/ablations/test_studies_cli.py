@@ -27,12 +27,15 @@ def _expected_size(doc: dict) -> tuple[int, int]:
     return cells, len(study["seeds"])
 
 
+DEMO = tomllib.loads((SHIPPED / "demo.toml").read_text())
+
+
 def _demo_seeds() -> int:
-    return len(tomllib.loads((SHIPPED / "demo.toml").read_text())["study"]["seeds"])
+    return len(DEMO["study"]["seeds"])
 
 
 def _demo_steps_per_run() -> int:
-    base = tomllib.loads((SHIPPED / "demo.toml").read_text())["base"]
+    base = DEMO["base"]
     return base["epochs"] * (((base["train_limit"] - 1) // base["seq_len"]) // base["batch_size"])
 
 

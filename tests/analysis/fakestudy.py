@@ -93,7 +93,7 @@ def write_fake_study(root: Path, *, name: str = "fake-study", faults: bool = Tru
         name: the study (experiment) name.
         faults: plant the duplicates, failed, missing, running and stray runs listed above.
         t0: start of the study in ms since the epoch; trial k starts at ``t0 + 1000 (k + 1)`` and
-            ends 60 s later.
+            ends 60 s later (60.25 s for odd seeds).
 
     Returns:
         The :class:`FakeStudy` describing what a correct loader must return.
